@@ -1,0 +1,208 @@
+"""The local engine: GAR in this process, on one dedicated worker thread.
+
+Requests are decoded (image, regions, prompt) off the event loop, then run one at a time on the thread that owns
+the model, so async callers never block their loop and the model is never used by two threads at once. The model
+is loaded on first use (or by :meth:`LocalEngine.load`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from gar_tools.engine.base import RESULT_MODELS, Engine, Progress, ToolName, ToolRequest, ToolResultModel
+from gar_tools.images import ImagePolicy, load_image
+from gar_tools.inputs import AnswerAboutRegionsRequest, CompareRegionsRequest, DescribeRegionRequest
+from gar_tools.model.modeling import Geometry
+from gar_tools.model.pipeline import GarPipeline, Generation, load
+from gar_tools.prompts import (
+    SINGLE_REGION_PROMPT_INDEX,
+    map_region_references,
+    multiple_choice_question,
+    parse_choice,
+    prompt_token,
+    relationship_question,
+)
+from gar_tools.regions import DecodedRegion, decode_regions, draw_overlay, encode_png_base64
+from gar_tools.results import ModelInfo, RegionInfo, Timings
+
+__all__ = ["LocalEngine", "Job", "build_job"]
+
+
+@dataclass
+class Job:
+    """A decoded request, ready for the model."""
+
+    tool: ToolName
+    image: Image.Image
+    regions: list[DecodedRegion]
+    question: str | None  # None: single-region describe prompt
+    prompt_indices: list[int]
+    max_new_tokens: int
+    overlay: bool
+    choices: int = 0
+    load_ms: float = 0.0
+
+
+def build_job(tool: ToolName, request: ToolRequest, policy: ImagePolicy) -> Job:
+    """Read the image and regions and build the question text; every user error is raised here, with its field."""
+    start = time.perf_counter()
+    image = load_image(request.image, policy, field="image")
+    if isinstance(request, DescribeRegionRequest):
+        regions = decode_regions([request.region], image.size, policy=policy, field="region", min_count=1, max_count=1)
+        question, indices, choices = None, [SINGLE_REGION_PROMPT_INDEX], 0
+    elif isinstance(request, CompareRegionsRequest):
+        regions = decode_regions(request.regions, image.size, policy=policy, min_count=2)
+        question = relationship_question(len(regions), request.focus)
+        indices, choices = list(range(len(regions))), 0
+    elif isinstance(request, AnswerAboutRegionsRequest):
+        regions = decode_regions(request.regions, image.size, policy=policy, min_count=1)
+        ids = [r.id for r in regions]
+        texts = [request.question, *(request.choices or [])]
+        fields = ["question", *(f"choices[{i}]" for i in range(len(request.choices or [])))]
+        mapped = map_region_references(texts, ids, fields=fields, require_all=True)
+        question = multiple_choice_question(mapped[0], mapped[1:]) if request.choices else mapped[0]
+        indices, choices = list(range(len(regions))), len(request.choices or [])
+    else:  # pragma: no cover - the toolkit only passes the three request models
+        raise TypeError(f"unknown request type {type(request).__name__}")
+    return Job(
+        tool=tool,
+        image=image,
+        regions=regions,
+        question=question,
+        prompt_indices=indices,
+        max_new_tokens=request.max_new_tokens,
+        overlay=request.overlay,
+        choices=choices,
+        load_ms=(time.perf_counter() - start) * 1000,
+    )
+
+
+class _TokenCounter:
+    """A ``generate`` streamer that reports progress to the event loop as tokens come."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, progress: Progress, total: int) -> None:
+        self.loop, self.progress, self.total = loop, progress, total
+        self.count = -1  # the first put() is the prompt
+
+    def put(self, value: Any) -> None:
+        self.count += 1
+        if self.count > 0:
+            asyncio.run_coroutine_threadsafe(self.progress(float(self.count), float(self.total), None), self.loop)
+
+    def end(self) -> None:
+        pass
+
+
+class LocalEngine(Engine):
+    """GAR in this process.
+
+    Args:
+        model: ``"tiny"``, a checkpoint folder, or a hub id (see :func:`gar_tools.model.load`).
+        dtype, device, geometry: passed to :func:`gar_tools.model.load`.
+        policy: what images and masks may be read (size limits, allowed folders, URLs).
+        pipeline: an already loaded pipeline to use instead of loading ``model``.
+    """
+
+    def __init__(
+        self,
+        model: str = "tiny",
+        *,
+        dtype: str | None = None,
+        device: str | None = None,
+        geometry: Geometry = "checkpoint",
+        policy: ImagePolicy | None = None,
+        pipeline: GarPipeline | None = None,
+    ) -> None:
+        self.model_name = pipeline.name if pipeline is not None else model
+        self._load_args = {"dtype": dtype, "device": device, "geometry": geometry}
+        self.policy = policy or ImagePolicy()
+        self._pipeline = pipeline
+        self._load_lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gar-model")
+
+    # --- model ---------------------------------------------------------------------------------------------------
+    @property
+    def pipeline(self) -> GarPipeline:
+        """The loaded pipeline (loads it on first access)."""
+        if self._pipeline is None:
+            with self._load_lock:
+                if self._pipeline is None:
+                    self._pipeline = load(self.model_name, **self._load_args)  # type: ignore[arg-type]
+        return self._pipeline
+
+    async def load(self) -> None:
+        """Load the model now, on the model thread."""
+        await asyncio.get_running_loop().run_in_executor(self._executor, lambda: self.pipeline)
+
+    async def info(self) -> ModelInfo:
+        pipeline = self._pipeline
+        if pipeline is None:
+            tiny = self.model_name == "tiny"
+            return ModelInfo(model=self.model_name, tiny_model=tiny, loaded=False)
+        return ModelInfo(
+            model=pipeline.name,
+            tiny_model=pipeline.is_tiny,
+            loaded=True,
+            device=str(pipeline.device),
+            dtype=str(pipeline.dtype).removeprefix("torch."),
+            max_regions=pipeline.config.prompt_numbers,
+            geometry=pipeline.geometry,
+        )
+
+    # --- running -------------------------------------------------------------------------------------------------
+    def _generate(self, job: Job, streamer: _TokenCounter | None) -> tuple[Generation, float]:
+        loaded_before = self._pipeline is not None
+        started = time.perf_counter()
+        pipeline = self.pipeline
+        load_ms = 0.0 if loaded_before else (time.perf_counter() - started) * 1000
+        masks: list[np.ndarray] = [r.mask for r in job.regions]
+        if job.question is None:
+            prepared = pipeline.prepare(job.image, masks)
+        else:
+            prepared = pipeline.prepare(job.image, masks, job.question)
+        return pipeline.generate(prepared, max_new_tokens=job.max_new_tokens, streamer=streamer), load_ms
+
+    async def run(self, tool: ToolName, request: ToolRequest, progress: Progress | None = None) -> ToolResultModel:
+        loop = asyncio.get_running_loop()
+        job = await asyncio.to_thread(build_job, tool, request, self.policy)
+        streamer = _TokenCounter(loop, progress, job.max_new_tokens) if progress is not None else None
+        generation, model_load_ms = await loop.run_in_executor(self._executor, self._generate, job, streamer)
+        overlay = None
+        if job.overlay:
+            png = await asyncio.to_thread(draw_overlay, job.image, job.regions)
+            overlay = encode_png_base64(png)
+        pipeline = self.pipeline
+        fields: dict[str, Any] = {
+            "text": generation.text,
+            "regions": [
+                RegionInfo(id=r.id, prompt=prompt_token(k), box=list(r.box), area=r.area)
+                for r, k in zip(job.regions, job.prompt_indices, strict=True)
+            ],
+            "model": pipeline.name,
+            "tiny_model": pipeline.is_tiny,
+            "timings": Timings(
+                load_ms=job.load_ms + model_load_ms,
+                encode_ms=generation.encode_ms,
+                generate_ms=generation.generate_ms,
+                tokens_generated=len(generation.token_ids),
+            ),
+            "overlay_png": overlay,
+        }
+        if tool == "answer_about_regions":
+            fields["choice"] = parse_choice(generation.text, job.choices) if job.choices else None
+        return RESULT_MODELS[tool](**fields)
+
+    async def aclose(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def close(self) -> None:
+        """Synchronous :meth:`aclose`."""
+        self._executor.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,273 @@
+"""What a caller sends: pydantic models of regions and of the three tool requests.
+
+These models are the tool schemas served over MCP, LangChain and LlamaIndex, so their field
+descriptions are written for an LLM deciding how to call the tools. They check structure (types,
+lengths, exactly one region format); :mod:`gar_tools.regions` checks regions against the image.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from gar_tools.errors import InputError
+
+__all__ = [
+    "MAX_REGIONS",
+    "REGION_ID_PATTERN",
+    "REGION_FORMATS",
+    "RLE",
+    "Region",
+    "DescribeRegionRequest",
+    "CompareRegionsRequest",
+    "AnswerAboutRegionsRequest",
+    "validation_error_to_input_error",
+]
+
+MAX_REGIONS = 5
+"""GAR has 5 region prompt slots (``prompt_numbers``: ``<Prompt0>`` … ``<Prompt4>``), so at most 5 regions per call."""
+
+REGION_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$"
+"""Allowed region ids: a letter or ``_``, then up to 31 letters, digits, ``_``, ``.`` or ``-``."""
+
+REGION_FORMATS = ("mask", "rle", "polygon", "box")
+"""The ways a region can be given; each region uses exactly one."""
+
+MAX_NEW_TOKENS_DEFAULT = 1024
+MAX_NEW_TOKENS_LIMIT = 4096
+
+_FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+_IMAGE_DESCRIPTION = (
+    "The image: a local file path (readable by the server), a data: URI (data:image/png;base64,...), "
+    "raw base64 of the file, or an http(s) URL if the server allows URLs. Any common format (PNG, JPEG, WEBP, ...); "
+    "EXIF rotation is applied. Region coordinates refer to the image as displayed after that rotation."
+)
+_MAX_NEW_TOKENS_DESCRIPTION = (
+    f"Upper bound on the number of tokens to generate (1-{MAX_NEW_TOKENS_LIMIT}). "
+    f"Default {MAX_NEW_TOKENS_DEFAULT}; lower it for short answers."
+)
+_OVERLAY_DESCRIPTION = (
+    "If true, the result also contains overlay_png: a PNG of the image with each region filled and outlined in its "
+    "own colour and labelled with its id, to check that the regions are where you meant."
+)
+
+
+def _too_many_regions(count: int) -> str:
+    return (
+        f"GAR has {MAX_REGIONS} prompt slots, so at most {MAX_REGIONS} regions per call; {count} were given. "
+        "Split the regions over several calls."
+    )
+
+
+class RLE(BaseModel):
+    """A COCO run-length-encoded binary mask."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    size: list[int] = Field(
+        min_length=2,
+        max_length=2,
+        description="[height, width] of the mask in pixels (COCO order: height first). Must equal the image's size.",
+    )
+    counts: str | list[int] = Field(
+        description=(
+            "COCO RLE counts: either the compressed string (as produced by pycocotools.mask.encode, e.g. in COCO "
+            "annotations) or the uncompressed list of run lengths, which alternate outside/inside starting with "
+            "outside, run in column-major (Fortran) order, and sum to height*width."
+        ),
+    )
+
+
+class Region(BaseModel):
+    """One region of the image, given in exactly one of four formats: mask, rle, polygon or box."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = Field(
+        default=None,
+        pattern=REGION_ID_PATTERN,
+        description=(
+            "Optional short name for the region (a letter or _, then letters, digits, _ . -; at most 32 "
+            "characters), e.g. 'dog'. Questions refer to it as <dog>; results report it. "
+            "Default: r0, r1, ... by position in the list."
+        ),
+    )
+    mask: str | None = Field(
+        default=None,
+        description=(
+            "Binary mask image exactly the size of the image, non-zero (non-black) pixels inside the region; "
+            "as a local file path, a data: URI or raw base64 of a PNG (any common image format works). "
+            "The most precise way to give a region."
+        ),
+    )
+    rle: RLE | None = Field(
+        default=None,
+        description="The mask as COCO run-length encoding (compressed string or uncompressed counts).",
+    )
+    polygon: list[list[_FiniteFloat]] | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "One or more polygons in image pixel coordinates (origin at the top-left corner, x to the right, y "
+            "down), each a flat list [x0, y0, x1, y1, ...] of at least 3 points, as in COCO segmentations. "
+            "The region is their union."
+        ),
+    )
+    box: list[_FiniteFloat] | None = Field(
+        default=None,
+        min_length=4,
+        max_length=4,
+        description=(
+            "Bounding box [x1, y1, x2, y2] in image pixels (x2, y2 exclusive; x2 > x1, y2 > y1), filled as a "
+            "rectangle. An approximation: GAR was trained on masks, so prefer mask, rle or polygon when the "
+            "outline is known."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one_format(self) -> Region:
+        given = [name for name in REGION_FORMATS if getattr(self, name) is not None]
+        if len(given) != 1:
+            got = "none" if not given else " and ".join(given)
+            raise ValueError(f"give exactly one of mask, rle, polygon or box per region (got {got})")
+        return self
+
+    @property
+    def format(self) -> str | None:
+        """Which of ``mask``, ``rle``, ``polygon``, ``box`` this region uses (None if not exactly one)."""
+        given = [name for name in REGION_FORMATS if getattr(self, name) is not None]
+        return given[0] if len(given) == 1 else None
+
+
+def _check_region_count(value: Any, *, minimum: int, tool: str, hint: str = "") -> Any:
+    if isinstance(value, (list, tuple)):
+        if len(value) > MAX_REGIONS:
+            raise ValueError(_too_many_regions(len(value)))
+        if len(value) < minimum:
+            plural = "region" if minimum == 1 else "regions"
+            raise ValueError(f"{tool} needs at least {minimum} {plural}; {len(value)} given{hint}")
+    return value
+
+
+class DescribeRegionRequest(BaseModel):
+    """Describe one region of an image in detail."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: str = Field(min_length=1, description=_IMAGE_DESCRIPTION)
+    region: Region = Field(description="The region to describe.")
+    max_new_tokens: int = Field(
+        default=MAX_NEW_TOKENS_DEFAULT, ge=1, le=MAX_NEW_TOKENS_LIMIT, description=_MAX_NEW_TOKENS_DESCRIPTION
+    )
+    overlay: bool = Field(default=False, description=_OVERLAY_DESCRIPTION)
+
+
+class CompareRegionsRequest(BaseModel):
+    """Describe 2 to 5 regions of an image and how they relate to or differ from each other."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: str = Field(min_length=1, description=_IMAGE_DESCRIPTION)
+    regions: list[Region] = Field(
+        description=(
+            f"The regions to compare, 2 to {MAX_REGIONS} (GAR has {MAX_REGIONS} prompt slots). The first region is "
+            "the subject; the others are related to it."
+        ),
+        json_schema_extra={"minItems": 2, "maxItems": MAX_REGIONS},
+    )
+    focus: str | None = Field(
+        default=None,
+        max_length=500,
+        description=(
+            "Optional aspect to concentrate on, e.g. 'size', 'colour', 'what they are doing', 'spatial relation'. "
+            "Leave out for a general comparison."
+        ),
+    )
+    max_new_tokens: int = Field(
+        default=MAX_NEW_TOKENS_DEFAULT, ge=1, le=MAX_NEW_TOKENS_LIMIT, description=_MAX_NEW_TOKENS_DESCRIPTION
+    )
+    overlay: bool = Field(default=False, description=_OVERLAY_DESCRIPTION)
+
+    @field_validator("regions", mode="before")
+    @classmethod
+    def _region_count(cls, value: Any) -> Any:
+        return _check_region_count(
+            value, minimum=2, tool="compare_regions", hint=" (use describe_region for a single region)"
+        )
+
+
+class AnswerAboutRegionsRequest(BaseModel):
+    """Answer a question about 1 to 5 regions of an image, free-form or multiple choice."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: str = Field(min_length=1, description=_IMAGE_DESCRIPTION)
+    regions: list[Region] = Field(
+        description=(
+            f"The regions the question is about, 1 to {MAX_REGIONS} (GAR has {MAX_REGIONS} prompt slots). "
+            "Every region must be named in the question."
+        ),
+        json_schema_extra={"minItems": 1, "maxItems": MAX_REGIONS},
+    )
+    question: str = Field(
+        min_length=1,
+        max_length=2000,
+        description=(
+            "The question. Name regions by id in angle brackets, e.g. 'What is <r0> holding?' or "
+            "'Is <dog> bigger than <cat>?' (ids default to r0, r1, ... by position; upstream's <Prompt0> spelling "
+            "is accepted too). Do not list the choices here; put them in choices."
+        ),
+    )
+    choices: list[Annotated[str, Field(min_length=1, max_length=1000)]] | None = Field(
+        default=None,
+        min_length=2,
+        max_length=26,
+        description=(
+            "Optional answer options for a multiple-choice question, 2 to 26, each the option's text, e.g. "
+            "['The ears are rounded.', 'The ears are pointed.']. Letters 'A.', 'B.', ... are added if missing; "
+            "the result's choice field then holds the chosen letter."
+        ),
+    )
+    max_new_tokens: int = Field(
+        default=MAX_NEW_TOKENS_DEFAULT, ge=1, le=MAX_NEW_TOKENS_LIMIT, description=_MAX_NEW_TOKENS_DESCRIPTION
+    )
+    overlay: bool = Field(default=False, description=_OVERLAY_DESCRIPTION)
+
+    @field_validator("regions", mode="before")
+    @classmethod
+    def _region_count(cls, value: Any) -> Any:
+        return _check_region_count(value, minimum=1, tool="answer_about_regions")
+
+
+def _error_message(error: Any) -> str:
+    if error.get("type") == "value_error":
+        ctx = error.get("ctx") or {}
+        if "error" in ctx:
+            return str(ctx["error"])
+    return str(error.get("msg", "invalid value"))
+
+
+def validation_error_to_input_error(exc: pydantic.ValidationError) -> InputError:
+    """Turn a pydantic ``ValidationError`` into one :class:`~gar_tools.errors.InputError`.
+
+    The message lists every error as ``loc.path: msg`` (joined by ``; ``), without echoing the input
+    values (which may be large base64 strings). ``field`` is the first error's dotted location, e.g.
+    ``regions.1.box`` (None when the error is about the whole request).
+    """
+    parts: list[str] = []
+    first_loc: str | None = None
+    for index, error in enumerate(exc.errors(include_url=False, include_input=False)):
+        loc = ".".join(str(p) for p in error.get("loc", ()))
+        if index == 0:
+            first_loc = loc or None
+        message = _error_message(error)
+        parts.append(f"{loc}: {message}" if loc else message)
+    count = len(parts)
+    title = exc.title or "request"
+    header = f"invalid {title} ({count} error{'s' if count != 1 else ''}): "
+    err = InputError(header + "; ".join(parts))
+    err.field = first_loc
+    return err

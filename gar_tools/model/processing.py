@@ -1,0 +1,333 @@
+"""Turn an image, region masks and a question into GAR's inputs (gar-model.md §3–4).
+
+* image → thumbnail + ``ncw × nch`` tiles through transformers' PerceptionLM image processor, configured from the
+  checkpoint (bicubic, mean = std = 0.5, ``max_num_tiles`` from the checkpoint);
+* visual-prompt map (value ``k`` where region ``k`` is, ``prompt_numbers`` elsewhere, first region wins on overlap)
+  → the same resize and tiling with NEAREST, same rescale/normalize;
+* each region's own box ``(x_min/W, y_min/H, x_max/W, y_max/H)`` with inclusive max;
+* the prompt text through the checkpoint's chat template, exactly one ``<|begin_of_text|>``, the image token
+  expanded to ``(1 + tiles) · 256`` tokens, 256 slot tokens per region.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import PerceptionLMImageProcessor, PreTrainedTokenizerFast
+from transformers.image_utils import PILImageResampling
+
+from gar_tools.errors import CheckpointError, InputError, RegionError
+from gar_tools.model.config import GarConfig
+from gar_tools.model.modeling import TOKENS_PER_TILE
+from gar_tools.prompts import SINGLE_REGION_PROMPT_INDEX, multi_region_text, single_region_text
+
+__all__ = [
+    "GarProcessor",
+    "PreparedInputs",
+    "select_tile_grid",
+    "visual_prompt_map",
+    "region_box",
+    "load_chat_template",
+]
+
+_IMAGE_PROCESSOR_KEYS = (
+    "vision_input_type",
+    "tile_size",
+    "max_num_tiles",
+    "do_resize",
+    "do_rescale",
+    "rescale_factor",
+    "do_normalize",
+    "image_mean",
+    "image_std",
+    "resample",
+    "do_convert_rgb",
+)
+
+
+# --- pure functions --------------------------------------------------------------------------------------------
+def _canvas_size(width: int, height: int, canvas_w: int, canvas_h: int) -> tuple[float, float]:
+    """Size of the image scaled (aspect kept) into a canvas, as PerceptionLM computes it for ranking canvases."""
+    scale = width / height
+    factor = min(canvas_w / width, canvas_h / height)
+    if scale > 1.0:
+        new_w = factor * width
+        return new_w, float(np.floor(new_w / scale))
+    new_h = factor * height
+    return float(np.floor(new_h * scale)), new_h
+
+
+def _arrangements(max_num_tiles: int) -> list[tuple[int, int]]:
+    """Every (columns, rows) grid of at most ``max_num_tiles`` tiles, in PerceptionLM's order (ties: later wins)."""
+    by_ratio: dict[float, list[tuple[int, int]]] = {}
+    for count in range(max_num_tiles, 0, -1):
+        factors = sorted({f for i in range(1, int(count**0.5) + 1) if count % i == 0 for f in (i, count // i)})
+        for cols in factors:
+            by_ratio.setdefault(cols / (count // cols), []).append((cols, count // cols))
+    return [grid for grids in by_ratio.values() for grid in grids]
+
+
+def select_tile_grid(width: int, height: int, tile_size: int = 448, max_num_tiles: int = 16) -> tuple[int, int]:
+    """The ``(ncw, nch)`` tile grid PerceptionLM's processor picks for an image of ``width × height``.
+
+    Among the grids of at most ``max_num_tiles`` tiles whose canvas holds the image without downscaling, the one
+    where the image's shorter side gets largest (ties: the later grid in PerceptionLM's order). If none holds it,
+    the grid whose aspect ratio is closest to the image's (widest for landscape, tallest for portrait).
+    """
+    if width < 1 or height < 1:
+        raise ValueError("image must have positive width and height")
+    if max_num_tiles <= 1:
+        return (1, 1)
+    scale = width / height
+    best: tuple[int, int] | None = None
+    best_size: tuple[float, float] = (0.0, 0.0)
+    arrangements = _arrangements(max_num_tiles)
+    for cols, rows in arrangements:
+        if cols * tile_size >= width and rows * tile_size >= height:
+            size = _canvas_size(width, height, cols * tile_size, rows * tile_size)
+            if best is None or (scale < 1.0 and size[0] >= best_size[0]) or (scale >= 1.0 and size[1] >= best_size[1]):
+                best, best_size = (cols, rows), size
+    if best is not None:
+        return best
+    ratios: dict[float, list[tuple[int, int]]] = {}
+    for cols, rows in arrangements:
+        ratios.setdefault(cols / rows, []).append((cols, rows))
+    if scale >= 1:
+        closest = min((k for k in ratios if k <= scale), key=lambda k: abs(k - scale))
+        return max(ratios[closest], key=lambda grid: grid[0])
+    closest = min((k for k in ratios if k > scale), key=lambda k: abs(1 / k - 1 / scale))
+    return max(ratios[closest], key=lambda grid: grid[1])
+
+
+def visual_prompt_map(masks: Sequence[np.ndarray], prompt_indices: Sequence[int], prompt_numbers: int) -> np.ndarray:
+    """H×W uint8 map: ``prompt_indices[i]`` where mask ``i`` covers a pixel, ``prompt_numbers`` elsewhere.
+
+    Masks are written in list order and a pixel already claimed keeps its value: the first region wins.
+    """
+    height, width = masks[0].shape
+    out = np.full((height, width), prompt_numbers, dtype=np.uint8)
+    for mask, index in zip(masks, prompt_indices, strict=True):
+        free = mask & (out == prompt_numbers)
+        out[free] = index
+    return out
+
+
+def region_box(mask: np.ndarray) -> tuple[float, float, float, float]:
+    """``(x_min/W, y_min/H, x_max/W, y_max/H)`` of a boolean mask, with ``x_max``/``y_max`` inclusive indices."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        raise ValueError("empty mask has no box")
+    height, width = mask.shape
+    return (cols[0] / width, rows[0] / height, cols[-1] / width, rows[-1] / height)
+
+
+def load_chat_template(folder: Path, tokenizer: PreTrainedTokenizerFast | None = None) -> str:
+    """The checkpoint's chat template: ``chat_template.jinja``, ``chat_template.json``, then tokenizer/processor
+    configs, wherever the checkpoint keeps it."""
+    jinja = folder / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    for name in ("chat_template.json", "tokenizer_config.json", "processor_config.json"):
+        path = folder / name
+        if path.is_file():
+            template = json.loads(path.read_text(encoding="utf-8")).get("chat_template")
+            if isinstance(template, str) and template:
+                return template
+    if tokenizer is not None and isinstance(getattr(tokenizer, "chat_template", None), str):
+        return tokenizer.chat_template  # type: ignore[return-value]
+    raise CheckpointError(
+        f"{folder}: no chat template (looked in chat_template.jinja, chat_template.json, tokenizer_config.json, "
+        f"processor_config.json)"
+    )
+
+
+# --- prepared inputs -------------------------------------------------------------------------------------------
+@dataclass
+class PreparedInputs:
+    """Everything GAR's forward pass needs, inspectable step by step.
+
+    Attributes:
+        input_ids: [1, L] token ids (exactly one leading ``<|begin_of_text|>``).
+        pixel_values: [1 + T, 3, 448, 448] normalized thumbnail + tiles (row-major).
+        prompt_pixel_values: [1 + T, 3, 448, 448] the visual-prompt map, tiled the same way with NEAREST.
+        grid: ``(ncw, nch)``: tile columns and rows, ``T = ncw · nch``.
+        boxes: [R, 4] float32 normalized region boxes, in prompt-index order.
+        prompt_indices: the prompt index ``k`` (``<Prompt{k}>``) of each region, in the caller's region order.
+        slot_starts: [R] position in ``input_ids`` of each region's first slot token, in prompt-index order.
+        text: the prompt text before the chat template (slots written as tokens).
+        image_size: ``(width, height)`` of the image.
+    """
+
+    input_ids: torch.Tensor
+    pixel_values: torch.Tensor
+    prompt_pixel_values: torch.Tensor
+    grid: tuple[int, int]
+    boxes: torch.Tensor
+    prompt_indices: list[int]
+    slot_starts: torch.Tensor
+    text: str
+    image_size: tuple[int, int]
+
+    @property
+    def num_tiles(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+
+class GarProcessor:
+    """Tokenizer + image processing + chat template of one GAR checkpoint."""
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerFast,
+        image_processor_config: dict[str, Any],
+        chat_template: str,
+        config: GarConfig,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.chat_template = chat_template
+        self.config = config
+        kwargs = {k: image_processor_config[k] for k in _IMAGE_PROCESSOR_KEYS if k in image_processor_config}
+        if "max_num_tiles" not in kwargs:
+            raise CheckpointError(
+                "preprocessor_config.json: `max_num_tiles` is missing; it must come from the checkpoint"
+            )
+        self.image_processor = PerceptionLMImageProcessor(**kwargs)
+        self.prompt_processor = PerceptionLMImageProcessor(**{**kwargs, "resample": PILImageResampling.NEAREST})
+        self.tile_size = int(self.image_processor.tile_size)
+        self.max_num_tiles = int(self.image_processor.max_num_tiles)
+        if self.image_processor.vision_input_type != "thumb+tile":
+            raise CheckpointError('preprocessor_config.json: GAR needs vision_input_type "thumb+tile"')
+        self.image_token_id = config.image_token_id
+        self.bos_token_id = self._token_id(tokenizer.bos_token, "bos_token")
+        self.slot_tokens = [tokenizer.convert_ids_to_tokens(i) for i in config.crop_tokens_ids]
+
+    def _token_id(self, token: str | None, what: str) -> int:
+        if token is None:
+            raise CheckpointError(f"tokenizer: no {what}")
+        token_id = self.tokenizer.convert_tokens_to_ids(token)
+        if not isinstance(token_id, int):
+            raise CheckpointError(f"tokenizer: {what} {token!r} has no id")
+        return token_id
+
+    @classmethod
+    def from_folder(cls, folder: Path, config: GarConfig) -> GarProcessor:
+        if not (folder / "tokenizer.json").is_file():
+            raise CheckpointError(f"{folder}: no tokenizer.json")
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(folder))
+        preprocessor_path = folder / "preprocessor_config.json"
+        if not preprocessor_path.is_file():
+            raise CheckpointError(f"{folder}: no preprocessor_config.json (the PerceptionLM image processor config)")
+        image_config = json.loads(preprocessor_path.read_text(encoding="utf-8"))
+        return cls(tokenizer, image_config, load_chat_template(folder, tokenizer), config)
+
+    # --- steps ---------------------------------------------------------------------------------------------------
+    def tile_grid(self, image_size: tuple[int, int]) -> tuple[int, int]:
+        return select_tile_grid(image_size[0], image_size[1], self.tile_size, self.max_num_tiles)
+
+    def pixel_values(self, image: Image.Image) -> torch.Tensor:
+        """[1 + T, 3, 448, 448] thumbnail + tiles of an RGB image."""
+        return self.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+    def prompt_pixel_values(self, prompt_map: np.ndarray) -> torch.Tensor:
+        """[1 + T, 3, 448, 448] the visual-prompt map through the same tiling, with NEAREST resampling."""
+        return self.prompt_processor(images=Image.fromarray(prompt_map, mode="L"), return_tensors="pt")["pixel_values"][
+            0
+        ]
+
+    def encode_text(self, text: str, num_tiles: int) -> torch.Tensor:
+        """Chat-template the one user turn ``[image, text]``, tokenize, expand the image token to (1+T)·256."""
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+        rendered = self.tokenizer.apply_chat_template(
+            messages, chat_template=self.chat_template, tokenize=False, add_generation_prompt=True
+        )
+        ids: list[int] = self.tokenizer(rendered, add_special_tokens=False)["input_ids"]
+        if not ids or ids[0] != self.bos_token_id:
+            ids = [self.bos_token_id, *ids]
+        if len(ids) > 1 and ids[1] == self.bos_token_id:
+            raise CheckpointError("chat template produced two <|begin_of_text|> tokens")
+        if ids.count(self.image_token_id) != 1:
+            raise CheckpointError(
+                f"chat template must write the image token (id {self.image_token_id}) exactly once for one image"
+            )
+        at = ids.index(self.image_token_id)
+        expanded = ids[:at] + [self.image_token_id] * ((1 + num_tiles) * TOKENS_PER_TILE) + ids[at + 1 :]
+        return torch.tensor([expanded], dtype=torch.long)
+
+    def prompt_text(self, prompt_indices: Sequence[int], question: str | None) -> str:
+        slots = [self.slot_tokens[k] * TOKENS_PER_TILE for k in prompt_indices]
+        if question is None:
+            return single_region_text(slots[0], prompt_indices[0])
+        order = sorted(range(len(prompt_indices)), key=lambda i: prompt_indices[i])
+        return multi_region_text([prompt_indices[i] for i in order], [slots[i] for i in order], question)
+
+    def prepare(self, image: Image.Image, masks: Sequence[np.ndarray], question: str | None = None) -> PreparedInputs:
+        """GAR's inputs for ``image`` and boolean H×W ``masks``.
+
+        List index ``k`` is region ``<Prompt{k}>``. ``question=None`` with one mask is upstream's single-region
+        describe prompt, which puts that region in slot ``<Prompt1>``. Otherwise ``question`` names regions as
+        ``<PromptK>`` and is used as is.
+        """
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        width, height = image.size
+        count = len(masks)
+        if count == 0:
+            raise RegionError("at least one region mask is needed", field="masks")
+        if count > self.config.prompt_numbers:
+            raise RegionError(
+                f"{count} regions given; GAR has {self.config.prompt_numbers} prompt slots, so at most "
+                f"{self.config.prompt_numbers} regions per call",
+                field="masks",
+            )
+        if question is None and count != 1:
+            raise InputError("a question is needed when there is more than one region", field="question")
+        bool_masks: list[np.ndarray] = []
+        for i, mask in enumerate(masks):
+            mask = np.asarray(mask).astype(bool)
+            if mask.shape != (height, width):
+                raise RegionError(
+                    f"shape {mask.shape} does not match the image (H={height}, W={width})", field=f"masks[{i}]"
+                )
+            if not mask.any():
+                raise RegionError("mask is empty (no pixel inside)", field=f"masks[{i}]")
+            bool_masks.append(mask)
+        prompt_indices = [SINGLE_REGION_PROMPT_INDEX] if question is None else list(range(count))
+
+        grid = self.tile_grid((width, height))
+        pixel_values = self.pixel_values(image)
+        prompt_map = visual_prompt_map(bool_masks, prompt_indices, self.config.prompt_numbers)
+        prompt_pixel_values = self.prompt_pixel_values(prompt_map)
+        if pixel_values.shape[0] != 1 + grid[0] * grid[1]:
+            raise RuntimeError(f"image processor made {pixel_values.shape[0]} tiles, expected 1 + {grid[0]}·{grid[1]}")
+
+        text = self.prompt_text(prompt_indices, question)
+        input_ids = self.encode_text(text, grid[0] * grid[1])
+
+        order = sorted(range(count), key=lambda i: prompt_indices[i])
+        boxes = torch.tensor([region_box(bool_masks[i]) for i in order], dtype=torch.float32)
+        slot_starts = []
+        for i in order:
+            token_id = self.config.crop_tokens_ids[prompt_indices[i]]
+            positions = (input_ids[0] == token_id).nonzero().flatten()
+            if positions.numel() != TOKENS_PER_TILE or int(positions[-1] - positions[0]) != TOKENS_PER_TILE - 1:
+                raise RuntimeError(f"prompt has {positions.numel()} slot tokens for region {i}, expected 256 in a row")
+            slot_starts.append(int(positions[0]))
+        return PreparedInputs(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            prompt_pixel_values=prompt_pixel_values,
+            grid=grid,
+            boxes=boxes,
+            prompt_indices=prompt_indices,
+            slot_starts=torch.tensor(slot_starts, dtype=torch.long),
+            text=text,
+            image_size=(width, height),
+        )

@@ -1,0 +1,254 @@
+"""The ``tiny`` checkpoint: GAR-shaped, random weights, in exactly the upstream layout.
+
+It exists so the whole path — loader, tokenizer, chat template, processing, forward, replay, generation, the
+tools and servers — runs and is tested without downloads. **Its weights are random: its text is meaningless.**
+
+What is real about it: the file layout (``config.json`` with ``model_type: "GAR"`` and a full PerceptionLM
+``mllm_config``; ``model.safetensors`` with ``mllm.…`` and ``mask_patch_embedding.weight`` keys; a Llama-3-style
+tokenizer of 128 262 tokens whose special-token ids are upstream's; a chat template that writes
+``<|begin_of_text|>`` itself; a PerceptionLM processor config with ``max_num_tiles``). What is small: a 2-block
+PE-style ViT of width 32 and a 2-layer Llama of width 64, with untied input/output embeddings (a tied random
+model only repeats its last prompt token; the tied path is tested separately). It is built deterministically
+(same seed, same tensors) in a few seconds on CPU and cached; it loads through the same loader as a real
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gar_tools.model.checkpoint import build_model, save_checkpoint
+from gar_tools.model.config import UPSTREAM_CROP_TOKEN_IDS, GarConfig
+
+__all__ = [
+    "TINY_NAME",
+    "TINY_SPEC_VERSION",
+    "tiny_config",
+    "build_tiny_checkpoint",
+    "tiny_checkpoint_path",
+    "CHAT_TEMPLATE",
+]
+
+TINY_NAME = "tiny"
+#: Bump when anything below changes, so caches are rebuilt.
+TINY_SPEC_VERSION = 1
+BASE_VOCAB = 128_000
+VOCAB_SIZE = 128_262
+IMAGE_TOKEN = "<|image|>"
+VIDEO_TOKEN = "<|video|>"
+PROMPT_TOKENS = [f"<Prompt{i}>" for i in range(5)] + ["<NO_Prompt>"]
+
+#: A Llama-3 / PerceptionLM style chat template. Like upstream's it writes ``<|begin_of_text|>`` itself.
+CHAT_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- for message in messages %}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' }}"
+    "{%- if message['content'] is string %}{{- message['content'] | trim }}"
+    "{%- else %}{%- for item in message['content'] %}"
+    "{%- if item['type'] == 'image' %}{{- '<|image|>' }}"
+    "{%- elif item['type'] == 'video' %}{{- '<|video|>' }}"
+    "{%- elif item['type'] == 'text' %}{{- item['text'] | trim }}{%- endif %}"
+    "{%- endfor %}{%- endif %}"
+    "{{- '<|eot_id|>' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
+)
+
+
+def _special_token_name(token_id: int) -> str:
+    """Llama 3's special token at ``token_id`` (128000–128255), with PerceptionLM's image/video tokens."""
+    named = {
+        128000: "<|begin_of_text|>",
+        128001: "<|end_of_text|>",
+        128002: IMAGE_TOKEN,
+        128003: VIDEO_TOKEN,
+        128004: "<|reserved_special_token_2|>",
+        128005: "<|reserved_special_token_3|>",
+        128006: "<|start_header_id|>",
+        128007: "<|end_header_id|>",
+        128008: "<|reserved_special_token_4|>",
+        128009: "<|eot_id|>",
+    }
+    return named.get(token_id, f"<|reserved_special_token_{token_id - 128005}|>")
+
+
+def tiny_config(max_num_tiles: int = 16, tie_word_embeddings: bool = False) -> GarConfig:
+    """The tiny model's GAR config: PE-style timm ViT (448 px, patch 14, CLS, RoPE) + small Llama 3."""
+    vision = {
+        "architecture": "vit_pe_core_large_patch14_336",
+        "model_args": {
+            "embed_dim": 32,
+            "depth": 2,
+            "num_heads": 2,
+            "img_size": [448, 448],
+            "ref_feat_shape": [32, 32],
+            "global_pool": "",
+            "use_post_transformer_norm": False,
+            "init_values": 0.1,
+        },
+        "model_type": "timm_wrapper",
+    }
+    text = {
+        "model_type": "llama",
+        "vocab_size": VOCAB_SIZE,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "max_position_embeddings": 16384,
+        "rms_norm_eps": 1e-5,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0},
+        "tie_word_embeddings": tie_word_embeddings,
+        "bos_token_id": 128000,
+        "eos_token_id": 128009,
+        "pad_token_id": 128001,
+    }
+    mllm = {
+        "model_type": "perception_lm",
+        "vision_config": vision,
+        "text_config": text,
+        "vision_use_cls_token": True,
+        "projector_pooling_ratio": 2,
+        "image_token_id": 128002,
+        "video_token_id": 128003,
+        "tie_word_embeddings": tie_word_embeddings,
+    }
+    return GarConfig(
+        mllm_config=mllm,
+        prompt_numbers=5,
+        crop_tokens_ids=list(UPSTREAM_CROP_TOKEN_IDS),
+        extra={"architectures": ["GARModel"], "torch_dtype": "bfloat16", "tiny_random_weights": True},
+    )
+
+
+def _build_tokenizer_files(folder: Path, max_num_tiles: int) -> None:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab: dict[str, int] = {ch: i for i, ch in enumerate(alphabet)}
+    # Fill the rest of Llama 3's 128 000 base ids with plain word pieces, so any id decodes to readable junk.
+    for i in range(len(vocab), BASE_VOCAB):
+        vocab[f"\u0120w{i}"] = i
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[], fuse_unk=False, byte_fallback=False))
+    tokenizer.pre_tokenizer = byte_level
+    tokenizer.decoder = decoders.ByteLevel()
+    from tokenizers import AddedToken
+
+    specials = [AddedToken(_special_token_name(i), special=True, normalized=False) for i in range(128000, 128256)]
+    tokenizer.add_special_tokens(specials)
+    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in PROMPT_TOKENS])
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<|begin_of_text|> $A",
+        pair="<|begin_of_text|> $A <|begin_of_text|> $B",
+        special_tokens=[("<|begin_of_text|>", 128000)],
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<|begin_of_text|>",
+        eos_token="<|eot_id|>",
+        pad_token="<|end_of_text|>",
+        model_max_length=131072,
+        clean_up_tokenization_spaces=False,
+    )
+    fast.save_pretrained(str(folder))
+    # Name the class the way upstream checkpoints do (transformers 5 writes its own backend name).
+    tokenizer_config_path = folder / "tokenizer_config.json"
+    tokenizer_config = json.loads(tokenizer_config_path.read_text(encoding="utf-8"))
+    tokenizer_config.pop("backend", None)
+    tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    tokenizer_config_path.write_text(json.dumps(tokenizer_config, indent=2) + "\n", encoding="utf-8")
+    (folder / "chat_template.jinja").write_text(CHAT_TEMPLATE, encoding="utf-8")
+    preprocessor: dict[str, Any] = {
+        "image_processor_type": "PerceptionLMImageProcessorFast",
+        "processor_class": "PerceptionLMProcessor",
+        "vision_input_type": "thumb+tile",
+        "tile_size": 448,
+        "max_num_tiles": max_num_tiles,
+        "do_resize": True,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5],
+        "resample": 3,
+        "do_convert_rgb": True,
+        "size": {"height": 448, "width": 448},
+    }
+    (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n", encoding="utf-8")
+    processor = {"processor_class": "PerceptionLMProcessor", "patch_size": 14, "pooling_ratio": 2}
+    (folder / "processor_config.json").write_text(json.dumps(processor, indent=2) + "\n", encoding="utf-8")
+
+
+def _random_fill(model: torch.nn.Module, seed: int) -> None:
+    """Deterministic weights: parameters in name order from one generator; norms start at 1, biases at 0."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in sorted(model.named_parameters(), key=lambda item: item[0]):
+            if name.endswith(".bias"):
+                param.zero_()
+            elif param.ndim == 1 and "norm" in name:
+                param.fill_(1.0)
+            else:
+                param.copy_(torch.randn(param.shape, generator=generator, dtype=torch.float32) * 0.02)
+
+
+def build_tiny_checkpoint(
+    folder: Path,
+    *,
+    seed: int = 0,
+    max_num_tiles: int = 16,
+    tie_word_embeddings: bool = False,
+    max_shard_bytes: int | None = None,
+) -> Path:
+    """Write the tiny checkpoint to ``folder`` (created) and return it."""
+    config = tiny_config(max_num_tiles=max_num_tiles, tie_word_embeddings=tie_word_embeddings)
+    model = build_model(config, torch.float32, on_meta=False)
+    _random_fill(model, seed)
+    model.tie_weights_if_configured()
+    save_checkpoint(model, folder, max_shard_bytes=max_shard_bytes, dtype=torch.bfloat16)
+    _build_tokenizer_files(folder, max_num_tiles)
+    return folder
+
+
+def _cache_root() -> Path:
+    env = os.environ.get("GAR_TOOLS_CACHE")
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gar-tools"
+
+
+def tiny_checkpoint_path(seed: int = 0) -> Path:
+    """The cached tiny checkpoint folder, built on first use (atomically, so concurrent builders are safe)."""
+    import transformers
+
+    key = hashlib.sha256(
+        f"{TINY_SPEC_VERSION}-{seed}-{transformers.__version__}-{torch.__version__}".encode()
+    ).hexdigest()
+    target = _cache_root() / f"tiny-{key[:12]}"
+    if (target / "config.json").is_file() and (target / "tokenizer.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix="tiny-build-", dir=target.parent))
+    try:
+        build_tiny_checkpoint(staging, seed=seed)
+        try:
+            staging.rename(target)
+        except OSError:
+            if not (target / "tokenizer.json").is_file():
+                raise
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return target

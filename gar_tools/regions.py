@@ -1,0 +1,439 @@
+"""Decode and validate regions into boolean masks; boxes; overlay drawing.
+
+A :class:`~gar_tools.inputs.Region` comes in one of four formats (mask image, COCO RLE, polygons,
+box). :func:`decode_regions` turns each into a boolean ``H x W`` mask the size of the image, checked
+against it, and raises :class:`~gar_tools.errors.RegionError` naming the region (index and id) and
+the field when something does not fit. :func:`draw_overlay` renders the regions on the image so a
+caller can see what the model was shown.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from pycocotools import mask as mask_utils
+
+from gar_tools.errors import ImageError, RegionError
+from gar_tools.images import ImagePolicy, decode_image_bytes, read_source_bytes
+from gar_tools.inputs import MAX_REGIONS, REGION_FORMATS, REGION_ID_PATTERN, RLE, Region
+
+__all__ = [
+    "MAX_REGIONS",
+    "OVERLAY_PALETTE",
+    "DecodedRegion",
+    "decode_region",
+    "decode_regions",
+    "mask_box",
+    "draw_overlay",
+    "encode_png_base64",
+]
+
+OVERLAY_PALETTE: tuple[tuple[int, int, int], ...] = (
+    (230, 25, 75),  # red
+    (60, 180, 75),  # green
+    (0, 130, 200),  # blue
+    (255, 225, 25),  # yellow
+    (145, 30, 180),  # purple
+    (245, 130, 48),  # orange
+    (70, 240, 240),  # cyan
+    (240, 50, 230),  # magenta
+)
+"""Region colours for :func:`draw_overlay`, in region order (distinct, colour-blind-friendlier first five)."""
+
+_ID_RE = re.compile(REGION_ID_PATTERN)
+_RLE_MAX_GROUPS = 6  # 6 five-bit groups hold any signed count up to 2**29, far beyond max_pixels
+_FILL_ALPHA = 0.4
+
+
+@dataclass(frozen=True)
+class DecodedRegion:
+    """A region decoded against an image.
+
+    Attributes:
+        id: the region's id (given, or ``r{index}`` by position).
+        mask: boolean array of shape ``(H, W)``, True inside the region.
+        box: ``(x_min, y_min, x_max + 1, y_max + 1)`` of the mask in pixels (end-exclusive), so feeding it back
+            as a ``box`` region gives the same rectangle.
+        area: number of pixels inside the region.
+    """
+
+    id: str
+    mask: np.ndarray
+    box: tuple[int, int, int, int]
+    area: int
+
+
+def _region_error(field: str, region_id: str, message: str) -> RegionError:
+    return RegionError(f"{message} (region id {region_id!r})", field=field)
+
+
+def _image_error_message(exc: ImageError) -> str:
+    text = str(exc)
+    prefix = f"{exc.field}: " if exc.field else ""
+    return text[len(prefix) :] if prefix and text.startswith(prefix) else text
+
+
+def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """Bounding box ``(x_min, y_min, x_max + 1, y_max + 1)`` of the True pixels of a 2-D mask (end-exclusive).
+
+    Raises:
+        ValueError: if the mask is not 2-D or has no True pixel.
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be 2-D, got shape {mask.shape}")
+    cols = np.flatnonzero(mask.any(axis=0))
+    if cols.size == 0:
+        raise ValueError("mask is empty")
+    rows = np.flatnonzero(mask.any(axis=1))
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+# --- formats -------------------------------------------------------------------------------------------------------
+
+
+def _decode_mask(source: str, size: tuple[int, int], policy: ImagePolicy, field: str, rid: str) -> np.ndarray:
+    width, height = size
+    try:
+        data = read_source_bytes(source, policy, field=field)
+        image = decode_image_bytes(data, policy, field=field)
+    except ImageError as exc:
+        raise _region_error(field, rid, "mask " + _image_error_message(exc)) from exc
+    if image.size != (width, height):
+        raise _region_error(
+            field,
+            rid,
+            f"mask is {image.width}x{image.height} (W x H) but the image is {width}x{height}; "
+            "a mask must be exactly the image's size",
+        )
+    if image.mode in ("1", "L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        arr = np.asarray(image)
+        return arr != 0
+    # Colour masks: inside where any colour channel is non-zero; alpha is ignored (many tools save opaque RGBA).
+    rgb = np.asarray(image.convert("RGB"))
+    return rgb.any(axis=2)
+
+
+def _parse_rle_string(counts: str) -> list[int] | None:
+    """Counts of a compressed COCO RLE string, or None if it is malformed (mirrors pycocotools' rleFrString)."""
+    values: list[int] = []
+    pos = 0
+    n = len(counts)
+    while pos < n:
+        x = 0
+        k = 0
+        more = True
+        while more:
+            if pos >= n or k >= _RLE_MAX_GROUPS:
+                return None
+            c = ord(counts[pos]) - 48
+            if c < 0 or c > 63:
+                return None
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            pos += 1
+            k += 1
+            if not more and (c & 0x10):
+                x -= 1 << (5 * k)
+        if len(values) > 2:
+            x += values[-2]
+        values.append(x)
+    return values
+
+
+def _runs_to_mask(counts: list[int], height: int, width: int) -> np.ndarray:
+    """Expand validated COCO run lengths (outside first, column-major, summing to H*W) to an ``(H, W)`` bool mask.
+
+    Equivalent to ``pycocotools.mask.decode``, which warns under numpy 2 (``__array__`` without ``copy``).
+    """
+    values = np.arange(len(counts)) % 2 == 1
+    flat = np.repeat(values, np.asarray(counts, dtype=np.int64))
+    return np.ascontiguousarray(flat.reshape(width, height).T)
+
+
+def _decode_rle(rle: RLE, size: tuple[int, int], field: str, rid: str) -> np.ndarray:
+    width, height = size
+    rle_size = getattr(rle, "size", None)
+    counts = getattr(rle, "counts", None)
+    if (
+        not isinstance(rle_size, (list, tuple))
+        or len(rle_size) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in rle_size)
+    ):
+        raise _region_error(f"{field}.size", rid, f"size must be two positive ints [height, width], got {rle_size!r}")
+    if list(rle_size) != [height, width]:
+        raise _region_error(
+            field, rid, f"size {list(rle_size)} does not match the image (H={height}, W={width}); size is [H, W]"
+        )
+    total = height * width
+    if isinstance(counts, str):
+        parsed = _parse_rle_string(counts)
+        if parsed is None:
+            raise _region_error(
+                f"{field}.counts", rid, "counts is not a valid compressed COCO RLE string (as from pycocotools encode)"
+            )
+    elif isinstance(counts, (list, tuple)):
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in counts):
+            raise _region_error(f"{field}.counts", rid, "uncompressed counts must be a list of non-negative ints")
+        parsed = list(counts)
+    else:
+        raise _region_error(
+            f"{field}.counts", rid, f"counts must be a compressed string or a list of ints, got {type(counts).__name__}"
+        )
+    if any(v < 0 for v in parsed):
+        raise _region_error(f"{field}.counts", rid, "counts contain a negative run length")
+    if sum(parsed) != total:
+        raise _region_error(
+            f"{field}.counts",
+            rid,
+            f"run lengths sum to {sum(parsed)}, but must sum to H*W = {height}*{width} = {total}",
+        )
+    return _runs_to_mask(parsed, height, width)
+
+
+def _decode_polygon(polygons: object, size: tuple[int, int], field: str, rid: str) -> np.ndarray:
+    width, height = size
+    if not isinstance(polygons, (list, tuple)) or not polygons:
+        raise _region_error(field, rid, "polygon must be a non-empty list of polygons, each [x0, y0, x1, y1, ...]")
+    flat: list[list[float]] = []
+    for k, poly in enumerate(polygons):
+        where = f"{field}[{k}]"
+        if not isinstance(poly, (list, tuple)):
+            raise _region_error(where, rid, "each polygon must be a flat list [x0, y0, x1, y1, ...] of numbers")
+        if len(poly) % 2:
+            raise _region_error(where, rid, f"has an odd number of coordinates ({len(poly)}); give x, y pairs")
+        if len(poly) < 6:
+            raise _region_error(where, rid, f"has {len(poly) // 2} points; a polygon needs at least 3 (6 numbers)")
+        try:
+            coords = [float(v) for v in poly]
+        except (TypeError, ValueError) as exc:
+            raise _region_error(where, rid, "coordinates must be numbers") from exc
+        if not all(math.isfinite(v) for v in coords):
+            raise _region_error(where, rid, "coordinates must be finite numbers (no NaN or infinity)")
+        xs, ys = coords[0::2], coords[1::2]
+        if min(xs) < -width or max(xs) > 2 * width or min(ys) < -height or max(ys) > 2 * height:
+            raise _region_error(
+                where,
+                rid,
+                f"coordinates are far outside the {width}x{height} image; polygon coordinates are pixels and "
+                f"must lie within one image size of it (x in [{-width}, {2 * width}], y in [{-height}, {2 * height}])",
+            )
+        flat.append(coords)
+    merged = mask_utils.merge(mask_utils.frPyObjects(flat, height, width))
+    counts = _parse_rle_string(merged["counts"].decode("ascii"))
+    if counts is None or sum(counts) != height * width:  # pycocotools produced something unexpected
+        raise _region_error(field, rid, "polygon could not be rasterized")
+    return _runs_to_mask(counts, height, width)
+
+
+def _decode_box(box: object, size: tuple[int, int], field: str, rid: str) -> np.ndarray:
+    width, height = size
+    if not isinstance(box, (list, tuple)) or len(box) != 4:
+        raise _region_error(field, rid, "box must be [x1, y1, x2, y2] (4 numbers, pixels)")
+    try:
+        x1, y1, x2, y2 = (float(v) for v in box)
+    except (TypeError, ValueError) as exc:
+        raise _region_error(field, rid, "box coordinates must be numbers") from exc
+    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
+        raise _region_error(field, rid, "box coordinates must be finite numbers (no NaN or infinity)")
+    if x2 <= x1 or y2 <= y1:
+        raise _region_error(field, rid, f"box {[x1, y1, x2, y2]} needs x2 > x1 and y2 > y1 ([x1, y1, x2, y2], pixels)")
+    c0, c1 = max(math.floor(x1), 0), min(math.ceil(x2), width)
+    r0, r1 = max(math.floor(y1), 0), min(math.ceil(y2), height)
+    if c1 <= c0 or r1 <= r0:
+        raise _region_error(
+            field,
+            rid,
+            f"box {[x1, y1, x2, y2]} lies outside the {width}x{height} image (x in [0, {width}], y in [0, {height}])",
+        )
+    mask = np.zeros((height, width), dtype=bool)
+    mask[r0:r1, c0:c1] = True
+    return mask
+
+
+def decode_region(
+    region: Region,
+    image_size: tuple[int, int],
+    *,
+    index: int,
+    policy: ImagePolicy,
+    field: str,
+) -> DecodedRegion:
+    """Decode one region to a boolean mask of the image's size and validate it.
+
+    Args:
+        region: the region (exactly one of ``mask``, ``rle``, ``polygon``, ``box``).
+        image_size: ``(width, height)`` of the image, as ``PIL.Image.size``.
+        index: the region's position; its default id is ``r{index}``.
+        policy: limits for reading ``mask`` images (same as for the image).
+        field: the request field naming this region in errors, e.g. ``"regions[1]"`` or ``"region"``.
+
+    Formats:
+        ``mask``: an image (path / data URI / base64) exactly the image's size; non-zero (non-black) = inside.
+        ``rle``: COCO RLE ``{"size": [H, W], "counts": str | list[int]}``.
+        ``polygon``: list of flat ``[x0, y0, x1, y1, ...]`` polygons in pixels (COCO style), unioned.
+        ``box``: ``[x1, y1, x2, y2]`` pixels; fills columns ``floor(x1)..ceil(x2)-1`` and rows
+        ``floor(y1)..ceil(y2)-1``, clipped to the image. A box is an approximation: GAR was trained on masks.
+
+    Raises:
+        RegionError: naming ``field`` (and sub-field) and the region's id, when the region is malformed,
+            does not fit the image, or is empty.
+    """
+    width, height = image_size
+    rid = region.id if region.id is not None else f"r{index}"
+    if not isinstance(rid, str) or not _ID_RE.fullmatch(rid):
+        raise _region_error(
+            f"{field}.id", str(rid), "id must start with a letter or _, then up to 31 letters, digits, _ . or -"
+        )
+    given = [name for name in REGION_FORMATS if getattr(region, name, None) is not None]
+    if len(given) != 1:
+        got = "none" if not given else " and ".join(given)
+        raise _region_error(field, rid, f"give exactly one of mask, rle, polygon or box per region (got {got})")
+    kind = given[0]
+    sub = f"{field}.{kind}"
+    if kind == "mask":
+        mask = _decode_mask(region.mask, (width, height), policy, sub, rid)
+    elif kind == "rle":
+        mask = _decode_rle(region.rle, (width, height), sub, rid)
+    elif kind == "polygon":
+        mask = _decode_polygon(region.polygon, (width, height), sub, rid)
+    else:
+        mask = _decode_box(region.box, (width, height), sub, rid)
+    area = int(np.count_nonzero(mask))
+    if area == 0:
+        raise _region_error(sub, rid, f"region is empty: its {kind} covers no pixel of the {width}x{height} image")
+    return DecodedRegion(id=rid, mask=mask, box=mask_box(mask), area=area)
+
+
+def decode_regions(
+    regions: Sequence[Region],
+    image_size: tuple[int, int],
+    *,
+    policy: ImagePolicy,
+    field: str = "regions",
+    min_count: int = 1,
+    max_count: int = MAX_REGIONS,
+) -> list[DecodedRegion]:
+    """Decode and validate a list of regions (see :func:`decode_region`), in order.
+
+    Checks the count (``min_count`` to ``max_count``; GAR has 5 prompt slots, so never more than
+    :data:`MAX_REGIONS`) and that ids are unique before decoding. Errors name ``field[i]``.
+
+    Raises:
+        RegionError: for a wrong count, duplicate ids, or any region :func:`decode_region` rejects.
+    """
+    count = len(regions)
+    if count > max_count:
+        if max_count >= MAX_REGIONS:
+            message = (
+                f"GAR has {MAX_REGIONS} prompt slots, so at most {MAX_REGIONS} regions per call; {count} were given. "
+                "Split the regions over several calls."
+            )
+        else:
+            message = f"at most {max_count} region{'s' if max_count != 1 else ''} allowed here; {count} were given"
+        raise RegionError(message, field=field)
+    if count < min_count:
+        raise RegionError(
+            f"at least {min_count} region{'s' if min_count != 1 else ''} required; {count} given", field=field
+        )
+    seen: dict[str, int] = {}
+    for i, region in enumerate(regions):
+        rid = region.id if region.id is not None else f"r{i}"
+        if rid in seen:
+            raise _region_error(
+                f"{field}[{i}].id",
+                rid,
+                f"id {rid!r} is already used by {field}[{seen[rid]}]; ids must be unique "
+                "(regions without an id get r0, r1, ... by position)",
+            )
+        seen[rid] = i
+    return [
+        decode_region(region, image_size, index=i, policy=policy, field=f"{field}[{i}]")
+        for i, region in enumerate(regions)
+    ]
+
+
+# --- overlay -------------------------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=16)
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (OSError, TypeError, ValueError):
+        return ImageFont.load_default()
+
+
+def _outline(mask: np.ndarray, thickness: int) -> np.ndarray:
+    """Pixels of ``mask`` on its contour (inside, next to outside), thickened to about ``thickness`` px."""
+    padded = np.pad(mask, 1, constant_values=False)
+    interior = padded[1:-1, 1:-1] & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    edge = mask & ~interior
+    if thickness > 1:
+        size = thickness if thickness % 2 else thickness + 1
+        grown = Image.fromarray(edge.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(size))
+        edge = np.asarray(grown) > 0
+    return edge
+
+
+def draw_overlay(image: Image.Image, regions: Sequence[DecodedRegion]) -> bytes:
+    """Render ``regions`` on ``image`` and return it as PNG bytes (the image's size, RGB).
+
+    Each region is filled translucently in its own colour from :data:`OVERLAY_PALETTE` (by position),
+    outlined along its mask contour, and labelled with its id near the top-left of its box, on a
+    background of the region's colour so the label stays readable. Later regions are drawn over earlier ones.
+    """
+    base = image.convert("RGB")
+    width, height = base.size
+    canvas = np.array(base, dtype=np.uint8)
+    thickness = max(2, round(min(width, height) / 300))
+    margin = thickness + 1
+    for i, region in enumerate(regions):
+        if region.mask.shape != (height, width):
+            raise ValueError(f"region {region.id!r} mask shape {region.mask.shape} != image (H, W) {(height, width)}")
+        colour = np.array(OVERLAY_PALETTE[i % len(OVERLAY_PALETTE)], dtype=np.float32)
+        # Work on the region's box plus a margin only: cheap on large images.
+        x0, y0, x1, y1 = region.box
+        rows = slice(max(y0 - margin, 0), min(y1 + margin, height))
+        cols = slice(max(x0 - margin, 0), min(x1 + margin, width))
+        inside = region.mask[rows, cols].astype(bool)
+        patch = canvas[rows, cols].astype(np.float32)
+        patch[inside] = patch[inside] * (1.0 - _FILL_ALPHA) + colour * _FILL_ALPHA
+        patch[_outline(inside, thickness)] = colour
+        canvas[rows, cols] = np.clip(patch + 0.5, 0, 255).astype(np.uint8)
+    out = Image.fromarray(canvas)
+
+    draw = ImageDraw.Draw(out)
+    font = _font(max(12, round(min(width, height) / 40)))
+    pad = max(2, thickness)
+    for i, region in enumerate(regions):
+        colour = OVERLAY_PALETTE[i % len(OVERLAY_PALETTE)]
+        luminance = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2]
+        text_colour = (0, 0, 0) if luminance > 140 else (255, 255, 255)
+        left, top, right, bottom = draw.textbbox((0, 0), region.id, font=font)
+        text_w, text_h = right - left, bottom - top
+        label_w, label_h = text_w + 2 * pad, text_h + 2 * pad
+        x0, y0 = region.box[0], region.box[1] - label_h
+        if y0 < 0:  # no room above the box: put the label just inside its top edge
+            y0 = region.box[1]
+        x0 = min(max(x0, 0), max(width - label_w, 0))
+        y0 = min(max(y0, 0), max(height - label_h, 0))
+        draw.rectangle((x0, y0, x0 + label_w - 1, y0 + label_h - 1), fill=colour)
+        draw.text((x0 + pad - left, y0 + pad - top), region.id, fill=text_colour, font=font)
+
+    buffer = io.BytesIO()
+    out.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def encode_png_base64(data: bytes) -> str:
+    """Standard base64 (ASCII, no line breaks) of PNG bytes, e.g. for a result's ``overlay_png``."""
+    return base64.b64encode(data).decode("ascii")

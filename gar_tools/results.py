@@ -1,0 +1,108 @@
+"""What the tools return: pydantic result models with the generated text, the regions as understood, and timings."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "RegionInfo",
+    "Timings",
+    "ToolResult",
+    "DescribeRegionResult",
+    "CompareRegionsResult",
+    "AnswerAboutRegionsResult",
+    "ModelInfo",
+]
+
+
+class RegionInfo(BaseModel):
+    """One region as the model saw it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(description="The region's id: the one given, or r0, r1, ... by position.")
+    prompt: str = Field(description="The GAR prompt token the region was given to the model as, e.g. '<Prompt0>'.")
+    box: list[int] = Field(
+        min_length=4,
+        max_length=4,
+        description=(
+            "Bounding box of the region's mask, [x1, y1, x2, y2] in image pixels with x2, y2 exclusive; passing it "
+            "back as a box region gives the same rectangle."
+        ),
+    )
+    area: int = Field(ge=0, description="Number of image pixels inside the region.")
+
+
+class Timings(BaseModel):
+    """Where the time went for one call."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    load_ms: float = Field(
+        ge=0,
+        description=(
+            "Milliseconds spent reading and validating the image and regions (plus loading the model, on the call "
+            "that had to load it)."
+        ),
+    )
+    encode_ms: float = Field(ge=0, description="Milliseconds spent encoding the image and regions with the model.")
+    generate_ms: float = Field(ge=0, description="Milliseconds spent generating the text.")
+    tokens_generated: int = Field(ge=0, description="Number of tokens generated.")
+
+
+class ToolResult(BaseModel):
+    """Common fields of every tool result."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(description="The model's answer or description.")
+    regions: list[RegionInfo] = Field(description="The regions as understood, in the order given.")
+    model: str = Field(description="The model that answered: a hub id, a local path, or 'tiny'.")
+    tiny_model: bool = Field(
+        description=(
+            "True when the weights are the random tiny test checkpoint: the text is then meaningless and only shows "
+            "that the pipeline ran."
+        ),
+    )
+    timings: Timings = Field(description="Time spent per stage and number of generated tokens.")
+    overlay_png: str | None = Field(
+        default=None,
+        description=(
+            "Base64 PNG of the image with each region filled, outlined and labelled with its id in its own colour; "
+            "present only when overlay was requested."
+        ),
+    )
+
+
+class DescribeRegionResult(ToolResult):
+    """Result of describe_region: ``text`` is a detailed description of the region."""
+
+
+class CompareRegionsResult(ToolResult):
+    """Result of compare_regions: ``text`` describes the regions and how they relate or differ."""
+
+
+class AnswerAboutRegionsResult(ToolResult):
+    """Result of answer_about_regions: ``text`` is the answer; ``choice`` the option letter picked, if any."""
+
+    choice: str | None = Field(
+        default=None,
+        description=(
+            "For a multiple-choice question: the option letter parsed from the answer ('A', 'B', ...); null when no "
+            "choices were given or the answer names no option."
+        ),
+    )
+
+
+class ModelInfo(BaseModel):
+    """Which model an engine serves."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="The model: a hub id, a local path, or 'tiny'.")
+    tiny_model: bool = Field(description="True for the random tiny test checkpoint (its text is meaningless).")
+    loaded: bool = Field(description="Whether the weights are in memory yet (engines load on first use).")
+    device: str | None = Field(default=None, description="Where the model runs, e.g. 'cuda:0' or 'cpu'.")
+    dtype: str | None = Field(default=None, description="The weights' dtype, e.g. 'bfloat16'.")
+    max_regions: int = Field(default=5, description="Most regions per call (GAR's prompt slots).")
+    geometry: str = Field(default="checkpoint", description="RoI replay box convention.")

@@ -1,0 +1,378 @@
+"""Tests for gar_tools.images: sources, limits, formats, EXIF, allowed folders, URLs."""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import io
+import struct
+import threading
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gar_tools.errors import ImageError, InputError
+from gar_tools.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImagePolicy, load_image, read_source_bytes
+
+ASSETS = Path(__file__).resolve().parents[1] / "gar_tools" / "assets"
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _sample(mode: str = "RGB", size: tuple[int, int] = (32, 24)) -> Image.Image:
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+    return Image.fromarray(arr).convert(mode)
+
+
+@pytest.fixture
+def png_file(tmp_path: Path) -> Path:
+    path = tmp_path / "sample.png"
+    _sample().save(path)
+    return path
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def _bomb_png(width: int, height: int) -> bytes:
+    """A tiny PNG whose header declares a huge size (its pixel data is just one row)."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    idat = zlib.compress(b"\x00" * (width + 1))
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+
+
+# --- policy ----------------------------------------------------------------------------------------------------------
+
+
+def test_policy_defaults() -> None:
+    policy = ImagePolicy()
+    assert policy.max_bytes == DEFAULT_MAX_BYTES == 25 * 1024 * 1024
+    assert policy.max_pixels == DEFAULT_MAX_PIXELS == 40_000_000
+    assert policy.allowed_dirs is None
+    assert policy.allow_urls is False
+    assert policy.url_timeout_s == 10
+
+
+def test_policy_normalises_allowed_dirs(tmp_path: Path) -> None:
+    policy = ImagePolicy(allowed_dirs=[str(tmp_path)])  # type: ignore[arg-type]
+    assert policy.allowed_dirs == (tmp_path,)
+    with pytest.raises(ValueError):
+        ImagePolicy(allowed_dirs=str(tmp_path))  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        ImagePolicy(max_bytes=0)
+
+
+# --- sources ---------------------------------------------------------------------------------------------------------
+
+
+def test_load_from_path(png_file: Path) -> None:
+    image = load_image(str(png_file))
+    assert image.mode == "RGB"
+    assert image.size == (32, 24)
+    assert np.array_equal(np.asarray(image), np.asarray(_sample()))
+
+
+def test_load_real_asset_rgba_png() -> None:
+    image = load_image(str(ASSETS / "demo_image_1.png"))
+    assert image.mode == "RGB"
+    assert image.size == (1024, 770)
+
+
+def test_load_from_home_relative_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    _sample().save(tmp_path / "home.png")
+    assert load_image("~/home.png").size == (32, 24)
+
+
+def test_load_from_data_uri(png_file: Path) -> None:
+    uri = "data:image/png;base64," + base64.b64encode(png_file.read_bytes()).decode()
+    assert np.array_equal(np.asarray(load_image(uri)), np.asarray(_sample()))
+
+
+def test_load_from_raw_base64_with_line_breaks(png_file: Path) -> None:
+    b64 = base64.encodebytes(png_file.read_bytes()).decode()  # wrapped at 76 columns
+    assert "\n" in b64
+    assert np.array_equal(np.asarray(load_image(b64)), np.asarray(_sample()))
+
+
+def test_load_from_urlsafe_base64(png_file: Path) -> None:
+    b64 = base64.urlsafe_b64encode(png_file.read_bytes()).decode()
+    assert load_image(b64).size == (32, 24)
+
+
+def test_load_from_bytes_and_pil_image(png_file: Path) -> None:
+    assert load_image(png_file.read_bytes()).size == (32, 24)
+    original = _sample("RGBA")
+    converted = load_image(original)
+    assert converted.mode == "RGB"
+    assert original.mode == "RGBA"  # the caller's image is left alone
+    assert converted is not original
+
+
+def test_read_source_bytes_returns_file_bytes(png_file: Path) -> None:
+    assert read_source_bytes(str(png_file), ImagePolicy(), field="image") == png_file.read_bytes()
+
+
+@pytest.mark.parametrize("source", ["hello", "/no/such/file.png", "not base64 at all, clearly!"])
+def test_unrecognised_source(source: str) -> None:
+    with pytest.raises(ImageError, match="not an existing file, data: URI, base64 or URL") as info:
+        load_image(source, field="image")
+    assert info.value.field == "image"
+    assert str(info.value).startswith("image: ")
+
+
+def test_empty_and_non_string_source() -> None:
+    with pytest.raises(ImageError, match="empty"):
+        read_source_bytes("   ", ImagePolicy(), field="image")
+    with pytest.raises(ImageError, match="expected a string"):
+        read_source_bytes(123, ImagePolicy(), field="image")  # type: ignore[arg-type]
+
+
+def test_folder_is_not_an_image(tmp_path: Path) -> None:
+    with pytest.raises(ImageError, match="not a regular file"):
+        load_image(str(tmp_path))
+
+
+def test_not_an_image(tmp_path: Path) -> None:
+    path = tmp_path / "notes.png"
+    path.write_text("this is not a picture")
+    with pytest.raises(ImageError, match="not a readable image") as info:
+        load_image(str(path), field="image")
+    assert "PNG" in str(info.value)
+
+
+def test_truncated_image(png_file: Path) -> None:
+    data = _png_bytes(_sample(size=(300, 300)))
+    with pytest.raises(ImageError, match="corrupt or truncated"):
+        load_image(data[: len(data) // 2])
+
+
+def test_bad_data_uri() -> None:
+    with pytest.raises(ImageError, match="malformed data: URI"):
+        load_image("data:image/png;base64")
+    with pytest.raises(ImageError, match="not valid base64"):
+        load_image("data:image/png;base64,@@@@")
+
+
+def test_errors_are_input_errors(tmp_path: Path) -> None:
+    with pytest.raises(InputError):
+        load_image("nope")
+
+
+# --- modes and EXIF --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "L", "P", "LA", "1", "CMYK", "I;16"])
+def test_modes_are_converted_to_rgb(tmp_path: Path, mode: str) -> None:
+    path = tmp_path / ("img.tiff" if mode == "CMYK" else "img.png")
+    _sample(mode).save(path)
+    image = load_image(str(path))
+    assert image.mode == "RGB"
+    assert image.size == (32, 24)
+
+
+def test_palette_with_transparency_is_converted(tmp_path: Path) -> None:
+    image = _sample("P")
+    image.info["transparency"] = 0
+    path = tmp_path / "p.png"
+    image.save(path, transparency=0)
+    assert load_image(str(path)).mode == "RGB"
+
+
+def test_sixteen_bit_grey_is_scaled_not_clipped() -> None:
+    arr = np.array([[0, 32768, 65535]], dtype=np.uint16)
+    image = load_image(Image.fromarray(arr))
+    values = np.asarray(image)[0, :, 0]
+    assert values[0] == 0 and 120 <= values[1] <= 135 and values[2] == 255
+
+
+def test_exif_orientation_is_applied(tmp_path: Path) -> None:
+    arr = np.zeros((20, 40, 3), dtype=np.uint8)
+    arr[:, :20] = (255, 0, 0)  # left half red
+    arr[:, 20:] = (0, 0, 255)  # right half blue
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    path = tmp_path / "rotated.jpg"
+    Image.fromarray(arr).save(path, format="JPEG", exif=exif, quality=95)
+
+    image = load_image(str(path))
+    assert image.size == (20, 40)  # width and height swapped
+    top = np.asarray(image)[5, 10].astype(int)
+    bottom = np.asarray(image)[35, 10].astype(int)
+    assert top[0] > 200 and top[2] < 60  # the left (red) half is now on top
+    assert bottom[2] > 200 and bottom[0] < 60
+
+
+def test_exif_orientation_is_applied_to_pil_input() -> None:
+    image = Image.new("RGB", (40, 20))
+    exif = image.getexif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", exif=exif)
+    opened = Image.open(io.BytesIO(buffer.getvalue()))
+    assert load_image(opened).size == (20, 40)
+
+
+# --- limits ----------------------------------------------------------------------------------------------------------
+
+
+def test_byte_limit_for_each_source(png_file: Path) -> None:
+    data = png_file.read_bytes()
+    policy = ImagePolicy(max_bytes=len(data) - 1)
+    b64 = base64.b64encode(data).decode()
+    for source in (str(png_file), b64, "data:image/png;base64," + b64):
+        with pytest.raises(ImageError, match="larger than the limit") as info:
+            load_image(source, policy, field="image")
+        assert info.value.field == "image"
+    with pytest.raises(ImageError, match="larger than the limit"):
+        load_image(data, policy)
+    assert load_image(str(png_file), ImagePolicy(max_bytes=len(data))).size == (32, 24)
+
+
+def test_pixel_limit(png_file: Path) -> None:
+    policy = ImagePolicy(max_pixels=32 * 24 - 1)
+    with pytest.raises(ImageError, match=r"32x24 = 768 pixels, more than the limit of 767") as info:
+        load_image(str(png_file), policy, field="image")
+    assert info.value.field == "image"
+    with pytest.raises(ImageError, match="more than the limit"):
+        load_image(_sample(), policy)
+    assert load_image(str(png_file), ImagePolicy(max_pixels=32 * 24)).size == (32, 24)
+
+
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize("side", [10_000, 100_000])  # above Pillow's warning limit, above its error limit
+def test_decompression_bomb_raises_image_error(side: int) -> None:
+    bomb = _bomb_png(side, side)
+    assert len(bomb) < 200_000
+    with pytest.raises(ImageError) as info:
+        load_image(bomb, ImagePolicy(max_pixels=10**12))
+    assert "decompression-bomb" in str(info.value)
+    with pytest.raises(ImageError, match="more than the limit|decompression-bomb"):
+        load_image("data:image/png;base64," + base64.b64encode(bomb).decode())
+
+
+def test_pixel_cap_checked_before_decoding() -> None:
+    bomb = _bomb_png(5000, 5000)  # 25 MP: under Pillow's guard, over our cap
+    with pytest.raises(ImageError, match="5000x5000 = 25,000,000 pixels"):
+        load_image(bomb, ImagePolicy(max_pixels=1_000_000))
+
+
+# --- allowed folders -------------------------------------------------------------------------------------------------
+
+
+def test_allowed_dirs(tmp_path: Path) -> None:
+    inside_dir = tmp_path / "allowed"
+    outside_dir = tmp_path / "elsewhere"
+    inside_dir.mkdir()
+    outside_dir.mkdir()
+    _sample().save(inside_dir / "in.png")
+    _sample().save(outside_dir / "out.png")
+    policy = ImagePolicy(allowed_dirs=(inside_dir,))
+
+    assert load_image(str(inside_dir / "in.png"), policy).size == (32, 24)
+    with pytest.raises(ImageError, match="outside the allowed folders") as info:
+        load_image(str(outside_dir / "out.png"), policy, field="image")
+    assert info.value.field == "image"
+    # '..' does not get out either
+    with pytest.raises(ImageError, match="outside the allowed folders"):
+        load_image(str(inside_dir / ".." / "elsewhere" / "out.png"), policy)
+
+
+def test_allowed_dirs_symlink_escape(tmp_path: Path) -> None:
+    inside_dir = tmp_path / "allowed"
+    inside_dir.mkdir()
+    secret = tmp_path / "secret.png"
+    _sample().save(secret)
+    (inside_dir / "link.png").symlink_to(secret)
+    (inside_dir / "linkdir").symlink_to(tmp_path)
+    policy = ImagePolicy(allowed_dirs=(inside_dir,))
+    with pytest.raises(ImageError, match="outside the allowed folders"):
+        load_image(str(inside_dir / "link.png"), policy)
+    with pytest.raises(ImageError, match="outside the allowed folders"):
+        load_image(str(inside_dir / "linkdir" / "secret.png"), policy)
+    # a symlink that stays inside is fine
+    _sample().save(inside_dir / "real.png")
+    (inside_dir / "alias.png").symlink_to(inside_dir / "real.png")
+    assert load_image(str(inside_dir / "alias.png"), policy).size == (32, 24)
+
+
+def test_allowed_dirs_do_not_affect_inline_data(tmp_path: Path, png_file: Path) -> None:
+    policy = ImagePolicy(allowed_dirs=(tmp_path / "nowhere",))
+    assert load_image(base64.b64encode(png_file.read_bytes()).decode(), policy).size == (32, 24)
+
+
+# --- URLs ------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", ["https://example.com/cat.png", "http://127.0.0.1:9/cat.png", "HTTP://x/y.png"])
+def test_urls_refused_by_default(url: str) -> None:
+    with pytest.raises(ImageError, match="URLs are not allowed") as info:
+        load_image(url, field="image")
+    assert info.value.field == "image"
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    routes: dict[str, tuple[int, dict[str, str], bytes]] = {}
+
+    def do_GET(self) -> None:
+        status, headers, body = self.routes.get(self.path, (404, {}, b"not found"))
+        self.send_response(status)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        if "X-Hide-Length" not in headers:
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+        pass
+
+
+@pytest.fixture
+def local_server(png_file: Path) -> Iterator[str]:
+    """A loopback-only HTTP server (no network) with a few routes."""
+    big = _png_bytes(_sample(size=(400, 400)))
+    _Handler.routes = {
+        "/ok.png": (200, {"Content-Type": "image/png"}, png_file.read_bytes()),
+        "/big.png": (200, {"Content-Type": "image/png"}, big),
+        "/big-no-length.png": (200, {"Content-Type": "image/png", "X-Hide-Length": "1"}, big),
+        "/to-file": (302, {"Location": "file:///etc/hostname"}, b""),
+        "/to-ok": (302, {"Location": "/ok.png"}, b""),
+    }
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_url_fetch_when_allowed(local_server: str) -> None:
+    policy = ImagePolicy(allow_urls=True, url_timeout_s=5)
+    assert load_image(f"{local_server}/ok.png", policy).size == (32, 24)
+    assert load_image(f"{local_server}/to-ok", policy).size == (32, 24)
+
+
+def test_url_errors(local_server: str) -> None:
+    policy = ImagePolicy(allow_urls=True, url_timeout_s=5, max_bytes=10_000)
+    with pytest.raises(ImageError, match="HTTP 404"):
+        load_image(f"{local_server}/missing.png", policy)
+    with pytest.raises(ImageError, match="larger than the limit"):
+        load_image(f"{local_server}/big.png", policy)
+    with pytest.raises(ImageError, match="larger than the limit of"):
+        load_image(f"{local_server}/big-no-length.png", policy)
+    with pytest.raises(ImageError, match="not allowed|non-http"):
+        load_image(f"{local_server}/to-file", policy)
