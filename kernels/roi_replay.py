@@ -69,6 +69,7 @@ if triton is not None:
         slots_ptr,  # [R] int64, first row of each region's slot in out
         out_ptr,  # [L, C] contiguous, fp32/fp16/bf16 (inputs_embeds)
         C,  # channels
+        L,  # rows of out (stores outside [0, L) are dropped: never writes out of bounds)
         H,  # map height in feature cells (16 * nch)
         W,  # map width in feature cells (16 * ncw)
         scale,  # RoIAlign spatial scale (fp32)
@@ -156,9 +157,9 @@ if triton is not None:
             val = (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
         else:
             val = acc.to(out_ptr.dtype.element_ty)
-        slot = tl.load(slots_ptr + r).to(tl.int64)
-        dst = ((slot + bins).to(tl.int64) * C)[:, None] + cols[None, :]
-        tl.store(out_ptr + dst, val, mask=cmask)
+        rows = tl.load(slots_ptr + r).to(tl.int64) + bins
+        in_bounds = ((rows >= 0) & (rows < L))[:, None]
+        tl.store(out_ptr + (rows * C)[:, None] + cols[None, :], val, mask=cmask & in_bounds)
 
 else:  # pragma: no cover - depends on the environment
     _roi_replay_kernel = None
@@ -225,6 +226,7 @@ def _launch(
         slots,
         out2d,
         c,
+        out2d.shape[0],
         TILE * nch,
         TILE * ncw,
         float(scale),
@@ -316,7 +318,9 @@ def roi_replay(
 
     Raises:
         TypeError, ValueError: a wrong type, dtype, shape, device or layout; the message names the argument.
-            Non-finite boxes and slot ranges are only checked for CPU tensors (on CUDA that would sync).
+            Non-finite boxes and slot ranges are only checked for CPU tensors (on CUDA that would sync); on
+            CUDA the kernel still never reads or writes out of bounds: non-finite boxes sample nothing (zeros)
+            and slot rows outside ``inputs_embeds`` are dropped.
     """
     tf, g, b, scale = _check_common(tile_features, grid, boxes, geometry)
     emb2d = _check_embeds(inputs_embeds, tf.device, tf.shape[2])

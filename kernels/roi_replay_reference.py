@@ -142,11 +142,11 @@ def _replay_features(tf: torch.Tensor, grid: tuple[int, int], boxes: torch.Tenso
     # Merged map, one row per map cell (y * w + x): M[y, x] = tile[(y//16)*ncw + x//16][(y%16)*16 + x%16].
     merged = tf.float().reshape(nch, ncw, TILE, TILE, c).permute(0, 2, 1, 3, 4).reshape(h * w, c)
 
-    s = torch.tensor(scale, dtype=torch.float32, device=boxes.device)
-    feat = torch.tensor([w, h, w, h], dtype=torch.float32, device=boxes.device)
-    b = boxes * feat  # box in feature units (float32)
-    roi = b * s - 0.5  # aligned=True: half-pixel offset after scaling
-    start_x, start_y, end_x, end_y = roi.unbind(1)
+    # Box in feature units, then scaled and shifted by half a cell (aligned=True), all in float32: python
+    # scalars are applied in the tensor's dtype, like torchvision's float spatial_scale.
+    x1, y1, x2, y2 = boxes.unbind(1)
+    start_x, end_x = (x1 * float(w)) * scale - 0.5, (x2 * float(w)) * scale - 0.5
+    start_y, end_y = (y1 * float(h)) * scale - 0.5, (y2 * float(h)) * scale - 0.5
     bin_w = (end_x - start_x) / TILE  # aligned: the roi size is not forced to >= 1
     bin_h = (end_y - start_y) / TILE
 
