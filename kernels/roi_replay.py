@@ -206,9 +206,9 @@ def roi_replay_backend(device: torch.device | str, backend: Backend = "auto") ->
     return "triton" if runnable else "torch"
 
 
-def _block_sizes(c: int, device: torch.device) -> tuple[int, int, int]:
+def _block_sizes(c: int, interpreted: bool) -> tuple[int, int, int]:
     """(BLOCK_B, BLOCK_C, num_warps). The interpreter runs programs one by one: few large ones there."""
-    if device.type == "cpu":
+    if interpreted:
         return BINS, min(triton.next_power_of_2(c), 2048), 1
     return 16, min(triton.next_power_of_2(c), 128), 4
 
@@ -218,7 +218,8 @@ def _launch(
 ) -> None:
     ncw, nch = grid
     c = tf.shape[2]
-    block_b, block_c, num_warps = _block_sizes(c, tf.device)
+    interpreted = _kernel_interpreted()
+    block_b, block_c, num_warps = _block_sizes(c, interpreted)
     launch_grid = (boxes.shape[0], BINS // block_b, triton.cdiv(c, block_c))
     _roi_replay_kernel[launch_grid](
         tf,
@@ -232,7 +233,7 @@ def _launch(
         float(scale),
         BLOCK_B=block_b,
         BLOCK_C=block_c,
-        ROUND_BF16=out2d.device.type == "cpu" and out2d.dtype == torch.bfloat16,
+        ROUND_BF16=interpreted and out2d.dtype == torch.bfloat16,
         num_warps=num_warps,
     )
 
@@ -314,7 +315,7 @@ def roi_replay(
         backend: ``"auto"`` (see :func:`roi_replay_backend`), ``"triton"`` or ``"torch"`` (the reference).
 
     Returns:
-        ``inputs_embeds`` itself.
+        ``inputs_embeds`` itself. The kernel's write is invisible to autograd (inference only).
 
     Raises:
         TypeError, ValueError: a wrong type, dtype, shape, device or layout; the message names the argument.

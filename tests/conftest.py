@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+# Without CUDA, Triton kernels run under the interpreter; the flag is read when triton is first imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 ASSETS = Path(__file__).resolve().parents[1] / "gar_tools" / "assets"
 DATA = Path(__file__).resolve().parent / "data"

@@ -334,6 +334,33 @@ print("ok")
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
 
 
+def test_kernel_compiles_for_cuda_targets(tmp_path: Path) -> None:
+    """Without a GPU, still compile the kernel to cubin (sm_80, sm_90): catches compiled-mode-only errors."""
+    pytest.importorskip("triton")
+    code = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from gar_tools.kernels.roi_replay import _roi_replay_kernel as kernel
+cases = (("*bf16", "*bf16", "i32", 90), ("*fp16", "*fp32", "i32", 80), ("*fp32", "*fp16", "constexpr", 90))
+for tiles, out, c, arch in cases:
+    sig = {"tiles_ptr": tiles, "boxes_ptr": "*fp32", "slots_ptr": "*i64", "out_ptr": out, "C": c, "L": "i32",
+           "H": "i32", "W": "i32", "scale": "fp32", "BLOCK_B": "constexpr", "BLOCK_C": "constexpr",
+           "ROUND_BF16": "constexpr"}
+    consts = {"BLOCK_B": 16, "BLOCK_C": 128, "ROUND_BF16": False, **({"C": 1} if c == "constexpr" else {})}
+    compiled = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts),
+                              target=GPUTarget("cuda", arch, 32), options={"num_warps": 4})
+    assert "cubin" in compiled.asm, sorted(compiled.asm)
+print("ok")
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0 and "ptxas" in proc.stderr and "not found" in proc.stderr.lower():
+        pytest.skip("no ptxas available to finish a CUDA compile")
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
+
+
 def test_import_without_triton_falls_back() -> None:
     code = """
 import sys

@@ -1,0 +1,270 @@
+"""The http engine: a client of a ``gar-tools worker`` that holds the model.
+
+Many front-ends (MCP servers, agents) can share one GPU worker this way; they hold no model themselves. The
+request and result models travel as JSON (see :mod:`gar_tools.servers.worker_app` for the API).
+
+Images and masks given as local paths (or URLs) are read here, on the front-end side, under the front-end's
+:class:`~gar_tools.images.ImagePolicy`, and sent inline as ``data:`` URIs, so the worker never needs to see the
+front-end's filesystem and the front-end's allowed folders are what count. Errors the worker reports come back as
+the same exception classes, with the same message and ``field``, as the local engine raises; a worker that cannot
+be reached is an :class:`~gar_tools.errors.EngineError` naming its URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import weakref
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from gar_tools.engine.base import RESULT_MODELS, Engine, Progress, ToolName, ToolRequest, ToolResultModel
+from gar_tools.errors import (
+    CheckpointError,
+    EngineError,
+    GarToolsError,
+    ImageError,
+    InputError,
+    RegionError,
+)
+from gar_tools.images import ImagePolicy, read_source_bytes
+from gar_tools.inputs import DescribeRegionRequest
+from gar_tools.results import ModelInfo
+
+__all__ = ["HttpEngine", "error_from_payload", "error_payload", "inline_request"]
+
+_ERROR_TYPES: dict[str, type[GarToolsError]] = {
+    cls.__name__: cls for cls in (GarToolsError, InputError, ImageError, RegionError, CheckpointError, EngineError)
+}
+_MIME_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"GIF87a", "image/gif"),
+    (b"GIF89a", "image/gif"),
+    (b"BM", "image/bmp"),
+    (b"II*\x00", "image/tiff"),
+    (b"MM\x00*", "image/tiff"),
+)
+
+
+# --- the JSON error contract shared with the worker ------------------------------------------------------------------
+
+
+def error_payload(exc: GarToolsError) -> dict[str, Any]:
+    """The worker's JSON body for an error: ``{"error": {"type", "message", "field"}}`` (message as ``str(exc)``)."""
+    return {"error": {"type": type(exc).__name__, "message": str(exc), "field": getattr(exc, "field", None)}}
+
+
+def error_from_payload(payload: Any, *, status: int | None = None, url: str = "") -> GarToolsError:
+    """Rebuild the exception a worker reported, so callers see the same class, message and ``field``.
+
+    Unknown types and malformed bodies become :class:`~gar_tools.errors.EngineError`.
+    """
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if not isinstance(error, dict) or not isinstance(error.get("message"), str):
+        where = f" (HTTP {status})" if status is not None else ""
+        return EngineError(f"the GAR worker at {url} answered with an unexpected error{where}: {payload!r:.300}")
+    cls = _ERROR_TYPES.get(str(error.get("type")))
+    message = error["message"]
+    if cls is None:
+        return EngineError(f"the GAR worker at {url} failed: {message}")
+    if issubclass(cls, InputError):
+        exc: GarToolsError = cls(message)  # no field prefix: the message already is str() of the original
+        field = error.get("field")
+        exc.field = field if isinstance(field, str) else None  # type: ignore[attr-defined]
+        return exc
+    return cls(message)
+
+
+# --- inlining local sources ------------------------------------------------------------------------------------------
+
+
+def _data_uri(data: bytes) -> str:
+    mime = next((m for magic, m in _MIME_MAGIC if data.startswith(magic)), None)
+    if mime is None and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        mime = "image/webp"
+    return f"data:{mime or 'application/octet-stream'};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def _mask_error(exc: ImageError, field: str, region_id: str) -> RegionError:
+    """The error the local engine raises for an unreadable mask (see :mod:`gar_tools.regions`)."""
+    text = str(exc)
+    prefix = f"{exc.field}: " if exc.field else ""
+    text = text[len(prefix) :] if prefix and text.startswith(prefix) else text
+    return RegionError(f"mask {text} (region id {region_id!r})", field=field)
+
+
+def inline_request(request: ToolRequest, policy: ImagePolicy) -> dict[str, Any]:
+    """The request as JSON-ready data with the image and every mask inlined as a ``data:`` URI.
+
+    Sources are read under ``policy`` (allowed folders, URL permission, size limits) exactly as the local engine
+    would read them, and errors name the same fields. Blocking (file and network I/O): run it off the event loop.
+    """
+    data = request.model_dump(mode="json", exclude_none=True)
+    data["image"] = _data_uri(read_source_bytes(request.image, policy, field="image"))
+    if isinstance(request, DescribeRegionRequest):
+        regions, items, name = [request.region], [data["region"]], "region"
+    else:
+        regions, items, name = list(request.regions), data["regions"], "regions"
+    for index, (region, item) in enumerate(zip(regions, items, strict=True)):
+        if region.mask is None:
+            continue
+        field = f"{name}[{index}].mask"
+        try:
+            item["mask"] = _data_uri(read_source_bytes(region.mask, policy, field=field))
+        except ImageError as exc:
+            raise _mask_error(exc, field, region.id or f"r{index}") from exc
+    return data
+
+
+# --- the engine ------------------------------------------------------------------------------------------------------
+
+
+class HttpEngine(Engine):
+    """Runs requests on a remote ``gar-tools worker``.
+
+    Args:
+        url: the worker's base URL, e.g. ``http://127.0.0.1:8001``.
+        token: bearer token the worker expects (``gar-tools worker --token-env``), if any.
+        policy: what local images and masks this front-end may read and inline (allowed folders, URLs, limits).
+        timeout_s: the longest one request may take, in seconds (None: no limit). Generation of long texts on a
+            busy worker can take minutes.
+        connect_timeout_s: how long to wait for a connection to the worker.
+
+    The engine keeps one HTTP connection pool per event loop, so it works from the toolkit's sync API and from
+    async callers alike.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        policy: ImagePolicy | None = None,
+        timeout_s: float | None = 600.0,
+        connect_timeout_s: float = 10.0,
+    ) -> None:
+        if not url.lower().startswith(("http://", "https://")):
+            raise InputError(f"worker URL must start with http:// or https://, got {url!r}", field="engine")
+        self.url = url.rstrip("/")
+        self.policy = policy or ImagePolicy()
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def __repr__(self) -> str:
+        return f"HttpEngine({self.url!r})"
+
+    # --- plumbing ------------------------------------------------------------------------------------------------
+    def _client(self) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None or client.is_closed:
+            client = httpx.AsyncClient(base_url=self.url, headers=self._headers, timeout=self._timeout)
+            self._clients[loop] = client
+        return client
+
+    def _unreachable(self, exc: httpx.HTTPError) -> EngineError:
+        if isinstance(exc, httpx.TimeoutException):
+            return EngineError(f"the GAR worker at {self.url} did not answer in time ({type(exc).__name__})")
+        return EngineError(f"cannot reach the GAR worker at {self.url}: {type(exc).__name__}: {exc}")
+
+    def _raise_for_error(self, status: int, body: bytes) -> None:
+        if status < 400:
+            return
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            payload = body.decode("utf-8", "replace")
+        if status == 401:
+            raise EngineError(
+                f"the GAR worker at {self.url} rejected the request as unauthorized (HTTP 401); "
+                "check the worker token (serve --worker-token-env)"
+            )
+        raise error_from_payload(payload, status=status, url=self.url)
+
+    # --- Engine --------------------------------------------------------------------------------------------------
+    async def run(self, tool: ToolName, request: ToolRequest, progress: Progress | None = None) -> ToolResultModel:
+        body = await asyncio.to_thread(inline_request, request, self.policy)
+        if progress is None:
+            payload = await self._post(f"/v1/{tool}", body)
+        else:
+            payload = await self._post_streaming(f"/v1/{tool}/stream", body, progress)
+        try:
+            return RESULT_MODELS[tool].model_validate(payload)
+        except ValueError as exc:
+            raise EngineError(f"the GAR worker at {self.url} sent a malformed {tool} result: {exc}") from exc
+
+    async def _post(self, path: str, body: dict[str, Any]) -> Any:
+        try:
+            response = await self._client().post(path, json=body)
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from exc
+        self._raise_for_error(response.status_code, response.content)
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise EngineError(f"the GAR worker at {self.url} sent a body that is not JSON") from exc
+
+    async def _post_streaming(self, path: str, body: dict[str, Any], progress: Progress) -> Any:
+        try:
+            async with self._client().stream("POST", path, json=body) as response:
+                if response.status_code >= 400:
+                    self._raise_for_error(response.status_code, await response.aread())
+                async for event, data in _sse_events(response.aiter_lines()):
+                    if event == "progress" and isinstance(data, dict):
+                        await progress(float(data.get("progress", 0)), data.get("total"), data.get("message"))
+                    elif event == "result":
+                        return data
+                    elif event == "error":
+                        raise error_from_payload(data, url=self.url)
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from exc
+        raise EngineError(f"the GAR worker at {self.url} closed the stream without a result")
+
+    async def info(self) -> ModelInfo:
+        try:
+            response = await self._client().get("/v1/model")
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from exc
+        self._raise_for_error(response.status_code, response.content)
+        try:
+            return ModelInfo.model_validate_json(response.content)
+        except ValueError as exc:
+            raise EngineError(f"the GAR worker at {self.url} sent malformed model info: {exc}") from exc
+
+    async def aclose(self) -> None:
+        current = asyncio.get_running_loop()
+        clients, self._clients = dict(self._clients), weakref.WeakKeyDictionary()
+        for loop, client in clients.items():
+            if loop is current:
+                await client.aclose()
+            elif not loop.is_closed() and loop.is_running():
+                asyncio.run_coroutine_threadsafe(client.aclose(), loop)
+
+
+async def _sse_events(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, Any]]:
+    """``(event, data)`` pairs of a server-sent-events stream whose data lines are JSON."""
+    event, data_lines = "message", []
+    async for line in lines:
+        if not line:
+            if data_lines:
+                try:
+                    yield event, json.loads("\n".join(data_lines))
+                except ValueError as exc:
+                    raise EngineError(f"malformed event from the GAR worker: {exc}") from exc
+            event, data_lines = "message", []
+        elif line.startswith(":"):
+            continue
+        else:
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if name == "event":
+                event = value
+            elif name == "data":
+                data_lines.append(value)

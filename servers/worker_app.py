@@ -1,0 +1,192 @@
+"""The GAR worker: the local engine behind an HTTP API, shared by many front-ends (``gar-tools worker``).
+
+Endpoints (JSON in and out, the same pydantic models as the Python API)::
+
+    POST /v1/describe_region          DescribeRegionRequest      -> DescribeRegionResult
+    POST /v1/compare_regions          CompareRegionsRequest      -> CompareRegionsResult
+    POST /v1/answer_about_regions     AnswerAboutRegionsRequest  -> AnswerAboutRegionsResult
+    POST /v1/{tool}/stream            the same request -> server-sent events: ``progress`` events
+                                      ({"progress", "total", "message"}), then one ``result`` (the result model)
+                                      or ``error`` event
+    GET  /v1/model                    ModelInfo
+    GET  /healthz                     {"status": "ok", ...}  (no token needed)
+
+Errors are ``{"error": {"type", "message", "field"}}`` with status 422 for input the caller can fix (``InputError``,
+``ImageError``, ``RegionError``), 400 for a body that is not JSON, 404 for an unknown tool, 500 for model or
+engine failures, and 401 without the bearer token when one is configured. The model is loaded once, at startup
+(``/healthz`` answers once it is ready); concurrent requests queue on the engine's model thread, so they never
+share the model at the same time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from gar_tools.servers.common import BearerTokenMiddleware
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp
+
+from gar_tools.engine.base import TOOL_NAMES, Engine, ToolName, ToolRequest
+from gar_tools.engine.http import error_payload
+from gar_tools.engine.local import LocalEngine
+from gar_tools.errors import CheckpointError, EngineError, GarToolsError, InputError
+from gar_tools.toolkit import coerce_request
+
+__all__ = ["create_worker_app", "error_status"]
+
+logger = logging.getLogger("gar_tools.worker")
+
+
+def error_status(exc: GarToolsError) -> int:
+    """HTTP status for an error: 422 caller-fixable input, 500 model/engine failure, 400 anything else."""
+    if isinstance(exc, InputError):
+        return 422
+    if isinstance(exc, (CheckpointError, EngineError)):
+        return 500
+    return 400
+
+
+def _error_response(exc: GarToolsError, status: int | None = None) -> JSONResponse:
+    return JSONResponse(error_payload(exc), status_code=status or error_status(exc))
+
+
+def _internal_error(exc: Exception) -> EngineError:
+    logger.exception("worker request failed", exc_info=exc)
+    return EngineError(f"the worker failed while running the request: {type(exc).__name__}: {exc}")
+
+
+def _engine(request: Request) -> Engine:
+    return request.state.engine
+
+
+async def _parse(request: Request) -> tuple[ToolName, ToolRequest] | JSONResponse:
+    """The tool and validated request model, or the error response to send."""
+    tool = request.path_params["tool"]
+    if tool not in TOOL_NAMES:
+        exc = InputError(f"unknown tool {tool!r}; use one of {', '.join(TOOL_NAMES)}", field="tool")
+        return _error_response(exc, 404)
+    try:
+        payload = json.loads(await request.body())
+    except ValueError:
+        return _error_response(InputError("the request body is not valid JSON", field="body"), 400)
+    try:
+        return tool, coerce_request(tool, payload)
+    except InputError as exc:
+        return _error_response(exc)
+
+
+async def _run_tool(request: Request) -> Response:
+    parsed = await _parse(request)
+    if isinstance(parsed, Response):
+        return parsed
+    tool, tool_request = parsed
+    try:
+        result = await _engine(request).run(tool, tool_request)
+    except GarToolsError as exc:
+        return _error_response(exc)
+    except Exception as exc:  # noqa: BLE001 - the worker must answer every request, with the reason
+        return _error_response(_internal_error(exc))
+    return Response(result.model_dump_json(), media_type="application/json")
+
+
+def _sse(event: str, data: Any) -> str:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
+
+
+async def _stream_tool(request: Request) -> Response:
+    parsed = await _parse(request)
+    if isinstance(parsed, Response):
+        return parsed
+    tool, tool_request = parsed
+    engine = _engine(request)
+    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+    async def progress(done: float, total: float | None, message: str | None) -> None:
+        queue.put_nowait(("progress", {"progress": done, "total": total, "message": message}))
+
+    async def produce() -> None:
+        try:
+            result = await engine.run(tool, tool_request, progress)
+        except GarToolsError as exc:
+            queue.put_nowait(("error", error_payload(exc)))
+        except Exception as exc:  # noqa: BLE001 - reported to the client as an error event
+            queue.put_nowait(("error", error_payload(_internal_error(exc))))
+        else:
+            queue.put_nowait(("result", result.model_dump(mode="json")))
+
+    async def events() -> AsyncIterator[str]:
+        task = asyncio.create_task(produce())
+        try:
+            while True:
+                event, data = await queue.get()
+                yield _sse(event, data)
+                if event != "progress":
+                    return
+        finally:
+            if not task.done():  # the client went away: stop waiting (the model thread finishes its step)
+                task.cancel()
+
+    return StreamingResponse(
+        events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
+
+
+async def _model(request: Request) -> Response:
+    info = await _engine(request).info()
+    return Response(info.model_dump_json(), media_type="application/json")
+
+
+async def _healthz(request: Request) -> Response:
+    info = await _engine(request).info()
+    return JSONResponse({"status": "ok", "model": info.model, "loaded": info.loaded, "tiny_model": info.tiny_model})
+
+
+def create_worker_app(
+    *,
+    engine_factory: Callable[[], Engine] | None = None,
+    model: str = "tiny",
+    token: str | None = None,
+    preload: bool = True,
+    **engine_kwargs: Any,
+) -> ASGIApp:
+    """The worker's ASGI app; run it with uvicorn (``gar-tools worker`` does).
+
+    Args:
+        engine_factory: builds the engine when the app starts (default: a :class:`LocalEngine` of ``model``
+            with ``engine_kwargs``: ``policy``, ``dtype``, ``device``, ``geometry``).
+        model: the model to serve (``"tiny"`` — random weights, meaningless text —, a folder or a hub id).
+        token: if set, every endpoint but ``/healthz`` requires ``Authorization: Bearer <token>``.
+        preload: load the model at startup, before the server accepts requests.
+    """
+
+    def build() -> Engine:
+        return engine_factory() if engine_factory is not None else LocalEngine(model, **engine_kwargs)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        engine = build()
+        try:
+            if preload and isinstance(engine, LocalEngine):
+                await engine.load()
+            yield {"engine": engine}
+        finally:
+            await engine.aclose()
+
+    routes = [
+        Route("/healthz", _healthz, methods=["GET"]),
+        Route("/v1/model", _model, methods=["GET"]),
+        Route("/v1/{tool}", _run_tool, methods=["POST"]),
+        Route("/v1/{tool}/stream", _stream_tool, methods=["POST"]),
+    ]
+    app: ASGIApp = Starlette(routes=routes, lifespan=lifespan)
+    if token:
+        app = BearerTokenMiddleware(app, token, open_paths={"/healthz"})
+    return app
