@@ -227,7 +227,8 @@ def _demo(args: argparse.Namespace) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     image1, image3 = str(ASSETS / "demo_image_1.png"), str(ASSETS / "demo_image_3.png")
     masks3 = [
-        {"id": name, "mask": str(ASSETS / f"demo_mask_3_{i}.png")} for i, name in enumerate(("person", "ball", "bat"))
+        {"id": name, "mask": str(ASSETS / f"demo_mask_3_{i}.png")}
+        for i, name in enumerate(("person", "ball", "racket"))
     ]
     with _toolkit(args) as toolkit:
         runs = {
@@ -247,12 +248,12 @@ def _demo(args: argparse.Namespace) -> None:
             "answer_about_regions": toolkit.answer_about_regions(
                 image=image3,
                 regions=masks3,
-                question="What is the relationship between <person>, <ball>, and <bat>?",
+                question="What is the relationship between <person>, <ball>, and <racket>?",
                 choices=[
-                    "<person> is throwing <ball> without using <bat>.",
-                    "<person> is holding <bat> and <ball> is on the ground.",
-                    "<person> is swinging <bat> and is about to hit <ball>.",
-                    "<person> is catching <ball> with <bat>.",
+                    "<person> is throwing <ball> without using <racket>.",
+                    "<person> is holding <racket> and <ball> is on the ground.",
+                    "<person> is swinging <racket> and is about to hit <ball>.",
+                    "<person> is catching <ball> with <racket>.",
                 ],
                 max_new_tokens=args.max_new_tokens,
                 overlay=True,

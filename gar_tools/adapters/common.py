@@ -92,19 +92,23 @@ def _sources_sentence(policy: ImagePolicy | None) -> str:
     return f" Images and masks: {where}, a data: URI, or base64; {urls}."
 
 
+def _limits_sentence(policy: ImagePolicy) -> str:
+    megapixels = policy.max_pixels / 1_000_000
+    return f" Limits: images and masks up to {policy.max_bytes / 2**20:g} MiB and {megapixels:g} megapixels."
+
+
 def tool_description(tool: ToolName, policy: ImagePolicy | None = None, *, limit: int = MAX_DESCRIPTION_CHARS) -> str:
     """The LLM-facing description of ``tool``, ending with what this server accepts as image sources.
 
-    The sentence about sources is shortened (folders left out) if the whole would exceed ``limit`` characters.
+    When the whole would exceed ``limit`` characters, the size limits are left out, then the allowed folders.
     """
     base = _DESCRIPTIONS[tool] + " If tiny_model is true, the text is meaningless (random test weights)."
-    text = base + _sources_sentence(policy)
-    if len(text) > limit and policy is not None:
+    candidates = [base + _sources_sentence(policy)]
+    if policy is not None:
         urls = "http(s) URLs too" if policy.allow_urls else "no URLs"
-        text = (
-            base + f" Images and masks: a local file path in the server's allowed folders, data: URI or base64; {urls}."
-        )
-    return text[:limit]
+        short = f" Images and masks: a local file path in the allowed folders, data: URI or base64; {urls}."
+        candidates = [base + _sources_sentence(policy) + _limits_sentence(policy), *candidates, base + short]
+    return next((text for text in candidates if len(text) <= limit), candidates[-1][:limit])
 
 
 def result_json(result: ToolResult) -> str:

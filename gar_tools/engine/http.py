@@ -17,9 +17,7 @@ import base64
 import json
 import weakref
 from collections.abc import AsyncIterator
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from gar_tools.engine.base import RESULT_MODELS, Engine, Progress, ToolName, ToolRequest, ToolResultModel
 from gar_tools.errors import (
@@ -33,6 +31,9 @@ from gar_tools.errors import (
 from gar_tools.images import ImagePolicy, read_source_bytes
 from gar_tools.inputs import DescribeRegionRequest
 from gar_tools.results import ModelInfo
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["HttpEngine", "error_from_payload", "error_payload", "inline_request"]
 
@@ -135,7 +136,7 @@ class HttpEngine(Engine):
         connect_timeout_s: how long to wait for a connection to the worker.
 
     The engine keeps one HTTP connection pool per event loop, so it works from the toolkit's sync API and from
-    async callers alike.
+    async callers alike. It needs ``httpx`` (``pip install 'gar-tools[server]'``).
     """
 
     def __init__(
@@ -149,6 +150,11 @@ class HttpEngine(Engine):
     ) -> None:
         if not url.lower().startswith(("http://", "https://")):
             raise InputError(f"worker URL must start with http:// or https://, got {url!r}", field="engine")
+        try:
+            import httpx
+        except ImportError as exc:  # pragma: no cover - httpx comes with the server and mcp extras
+            raise EngineError("the http engine needs httpx: pip install 'gar-tools[server]'") from exc
+        self._httpx = httpx
         self.url = url.rstrip("/")
         self.policy = policy or ImagePolicy()
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -165,12 +171,12 @@ class HttpEngine(Engine):
         loop = asyncio.get_running_loop()
         client = self._clients.get(loop)
         if client is None or client.is_closed:
-            client = httpx.AsyncClient(base_url=self.url, headers=self._headers, timeout=self._timeout)
+            client = self._httpx.AsyncClient(base_url=self.url, headers=self._headers, timeout=self._timeout)
             self._clients[loop] = client
         return client
 
     def _unreachable(self, exc: httpx.HTTPError) -> EngineError:
-        if isinstance(exc, httpx.TimeoutException):
+        if isinstance(exc, self._httpx.TimeoutException):
             return EngineError(f"the GAR worker at {self.url} did not answer in time ({type(exc).__name__})")
         return EngineError(f"cannot reach the GAR worker at {self.url}: {type(exc).__name__}: {exc}")
 
@@ -203,7 +209,7 @@ class HttpEngine(Engine):
     async def _post(self, path: str, body: dict[str, Any]) -> Any:
         try:
             response = await self._client().post(path, json=body)
-        except httpx.HTTPError as exc:
+        except self._httpx.HTTPError as exc:
             raise self._unreachable(exc) from exc
         self._raise_for_error(response.status_code, response.content)
         try:
@@ -223,14 +229,14 @@ class HttpEngine(Engine):
                         return data
                     elif event == "error":
                         raise error_from_payload(data, url=self.url)
-        except httpx.HTTPError as exc:
+        except self._httpx.HTTPError as exc:
             raise self._unreachable(exc) from exc
         raise EngineError(f"the GAR worker at {self.url} closed the stream without a result")
 
     async def info(self) -> ModelInfo:
         try:
             response = await self._client().get("/v1/model")
-        except httpx.HTTPError as exc:
+        except self._httpx.HTTPError as exc:
             raise self._unreachable(exc) from exc
         self._raise_for_error(response.status_code, response.content)
         try:
