@@ -179,6 +179,19 @@ def test_upstream_remote_processor_class_is_ignored(tmp_path: Path) -> None:
     assert pipeline.processor.max_num_tiles == 8  # read from the checkpoint, never hard-coded
 
 
+def test_image_processor_settings_nested_in_processor_config(tmp_path: Path) -> None:
+    folder = _copy(tiny_checkpoint_path(), tmp_path / "nested")
+    settings = json.loads((folder / "preprocessor_config.json").read_text())
+    (folder / "preprocessor_config.json").unlink()
+    settings["max_num_tiles"] = 6
+    processor = json.loads((folder / "processor_config.json").read_text())
+    (folder / "processor_config.json").write_text(json.dumps({**processor, "image_processor": settings}))
+    assert load(str(folder), device="cpu").processor.max_num_tiles == 6
+    (folder / "processor_config.json").write_text(json.dumps(processor))
+    with pytest.raises(CheckpointError, match="image processor settings"):
+        load(str(folder), device="cpu")
+
+
 def test_not_a_gar_config(tmp_path: Path) -> None:
     folder = _copy(tiny_checkpoint_path(), tmp_path / "notgar")
     data = json.loads((folder / "config.json").read_text())

@@ -35,6 +35,7 @@ __all__ = [
     "visual_prompt_map",
     "region_box",
     "load_chat_template",
+    "load_image_processor_config",
 ]
 
 _IMAGE_PROCESSOR_KEYS = (
@@ -149,6 +150,23 @@ def load_chat_template(folder: Path, tokenizer: PreTrainedTokenizerFast | None =
     )
 
 
+def load_image_processor_config(folder: Path) -> dict[str, Any]:
+    """The PerceptionLM image-processor settings: ``preprocessor_config.json``, or the ``image_processor`` entry of
+    ``processor_config.json`` (as transformers 5 saves processors)."""
+    preprocessor_path = folder / "preprocessor_config.json"
+    if preprocessor_path.is_file():
+        return json.loads(preprocessor_path.read_text(encoding="utf-8"))
+    processor_path = folder / "processor_config.json"
+    if processor_path.is_file():
+        nested = json.loads(processor_path.read_text(encoding="utf-8")).get("image_processor")
+        if isinstance(nested, dict):
+            return nested
+    raise CheckpointError(
+        f"{folder}: no image processor settings (preprocessor_config.json, or `image_processor` in "
+        f"processor_config.json)"
+    )
+
+
 # --- prepared inputs -------------------------------------------------------------------------------------------
 @dataclass
 class PreparedInputs:
@@ -222,11 +240,7 @@ class GarProcessor:
         if not (folder / "tokenizer.json").is_file():
             raise CheckpointError(f"{folder}: no tokenizer.json")
         tokenizer = PreTrainedTokenizerFast.from_pretrained(str(folder))
-        preprocessor_path = folder / "preprocessor_config.json"
-        if not preprocessor_path.is_file():
-            raise CheckpointError(f"{folder}: no preprocessor_config.json (the PerceptionLM image processor config)")
-        image_config = json.loads(preprocessor_path.read_text(encoding="utf-8"))
-        return cls(tokenizer, image_config, load_chat_template(folder, tokenizer), config)
+        return cls(tokenizer, load_image_processor_config(folder), load_chat_template(folder, tokenizer), config)
 
     # --- steps ---------------------------------------------------------------------------------------------------
     def tile_grid(self, image_size: tuple[int, int]) -> tuple[int, int]:
