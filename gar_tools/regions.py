@@ -32,6 +32,7 @@ __all__ = [
     "decode_region",
     "decode_regions",
     "mask_box",
+    "mask_read_error",
     "draw_overlay",
     "encode_png_base64",
 ]
@@ -75,10 +76,12 @@ def _region_error(field: str, region_id: str, message: str) -> RegionError:
     return RegionError(f"{message} (region id {region_id!r})", field=field)
 
 
-def _image_error_message(exc: ImageError) -> str:
+def mask_read_error(exc: ImageError, field: str, region_id: str) -> RegionError:
+    """The :class:`RegionError` for a mask image that could not be read (``exc`` names the reason)."""
     text = str(exc)
     prefix = f"{exc.field}: " if exc.field else ""
-    return text[len(prefix) :] if prefix and text.startswith(prefix) else text
+    text = text[len(prefix) :] if prefix and text.startswith(prefix) else text
+    return _region_error(field, region_id, "mask " + text)
 
 
 def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
@@ -106,7 +109,7 @@ def _decode_mask(source: str, size: tuple[int, int], policy: ImagePolicy, field:
         data = read_source_bytes(source, policy, field=field)
         image = decode_image_bytes(data, policy, field=field)
     except ImageError as exc:
-        raise _region_error(field, rid, "mask " + _image_error_message(exc)) from exc
+        raise mask_read_error(exc, field, rid) from exc
     if image.size != (width, height):
         raise _region_error(
             field,

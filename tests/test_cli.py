@@ -44,7 +44,7 @@ def test_compare_and_ask(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> 
     assert main([*args, "--choice", "yes", "--choice", "no", "--max-new-tokens", "2", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert [r["id"] for r in result["regions"]] == ["person", "bat"]
-    assert "choice" in result
+    assert result["choice"] in (None, "A", "B")  # tiny model: any answer, but only a valid letter or null
 
 
 def test_ask_error_names_the_field(capsys: pytest.CaptureFixture[str]) -> None:

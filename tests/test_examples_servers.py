@@ -53,7 +53,7 @@ def test_mcp_client_example_with_the_desktop_config():
         assert section in out
     assert "overlay image: image/png" in out and "progress:" in out
     assert TINY_MODEL_NOTE in out
-    assert "error: Error executing tool describe_region: region[0].box" in out
+    assert "error: Error executing tool describe_region: region.box" in out
 
 
 def test_langchain_agent_example():

@@ -70,7 +70,7 @@ def test_sync_call(tools):
 
 def test_errors_become_error_outputs(tools):
     output = tools["describe_region"].call(image=IMAGE1, region={"box": [5000, 0, 6000, 9]})
-    assert output.is_error and "region[0].box" in output.content
+    assert output.is_error and "region.box" in output.content
     assert isinstance(output.exception, RegionError)
     invalid = tools["answer_about_regions"].call(image=IMAGE1, regions=[{"box": [0, 0, 9, 9]}])
     assert invalid.is_error and "question" in invalid.content

@@ -174,7 +174,7 @@ async def test_errors_come_back_as_is_error_and_the_server_keeps_serving(server,
     outside = tmp_path / "outside.png"
     Image.new("RGB", (8, 8)).save(outside)
     calls = [
-        ("describe_region", {"region": {"box": [5000, 0, 6000, 10]}}, ["region[0].box", "outside the 1024x770 image"]),
+        ("describe_region", {"region": {"box": [5000, 0, 6000, 10]}}, ["region.box", "outside the 1024x770 image"]),
         ("describe_region", {"region": {"box": [1, 2, 3]}}, ["region.box", "at least 4 items"]),
         ("describe_region", {"image": str(outside), "region": {"box": [0, 0, 4, 4]}}, ["image", "outside the allowed"]),
         ("describe_region", {"image": "https://example.com/a.png", "region": {"box": [0, 0, 4, 4]}}, ["URLs"]),

@@ -40,8 +40,7 @@ def toolkit(tiny_pipeline):
 
 def _slot_counts(pipeline, tool: str, request) -> dict[int, int]:
     job = build_job(tool, request, ImagePolicy())
-    masks = [r.mask for r in job.regions]
-    prepared = pipeline.prepare(job.image, masks, job.question) if job.question else pipeline.prepare(job.image, masks)
+    prepared = pipeline.prepare(job.image, [r.mask for r in job.regions], job.question)
     ids = prepared.input_ids[0]
     return {token: int((ids == token).sum()) for token in pipeline.config.crop_tokens_ids}
 
@@ -150,7 +149,7 @@ def test_reference_errors_name_the_field(toolkit) -> None:
 def test_bad_inputs_raise_and_the_toolkit_keeps_serving(toolkit) -> None:
     with pytest.raises(RegionError) as err:
         toolkit.describe_region(image=IMAGE3, region={"box": [5000, 5000, 6000, 6000]})
-    assert "region" in str(err.value)
+    assert err.value.field == "region.box" and "outside" in str(err.value)
     with pytest.raises(InputError) as err:
         toolkit.describe_region(image=IMAGE3, region={"box": [1, 2, 3, 4], "mask": MASKS3[0]})
     assert err.value.field.startswith("region")

@@ -105,7 +105,7 @@ def test_errors_have_type_message_and_field(worker):
     outside = post("/v1/describe_region", json={"image": IMAGE1, "region": {"box": [5000, 0, 6000, 9]}})
     assert outside.status_code == 422
     error = outside.json()["error"]
-    assert error["type"] == "RegionError" and error["field"] == "region[0].box" and "outside" in error["message"]
+    assert error["type"] == "RegionError" and error["field"] == "region.box" and "outside" in error["message"]
     invalid = post("/v1/compare_regions", json={"image": IMAGE1, "regions": [{"box": [0, 0, 9, 9]}]})
     assert invalid.status_code == 422 and invalid.json()["error"]["field"] == "regions"
     assert post("/v1/no_such_tool", json={}).status_code == 404

@@ -30,6 +30,7 @@ from gar_tools.errors import (
 )
 from gar_tools.images import ImagePolicy, read_source_bytes
 from gar_tools.inputs import DescribeRegionRequest
+from gar_tools.regions import mask_read_error
 from gar_tools.results import ModelInfo
 
 if TYPE_CHECKING:
@@ -90,14 +91,6 @@ def _data_uri(data: bytes) -> str:
     return f"data:{mime or 'application/octet-stream'};base64,{base64.b64encode(data).decode('ascii')}"
 
 
-def _mask_error(exc: ImageError, field: str, region_id: str) -> RegionError:
-    """The error the local engine raises for an unreadable mask (see :mod:`gar_tools.regions`)."""
-    text = str(exc)
-    prefix = f"{exc.field}: " if exc.field else ""
-    text = text[len(prefix) :] if prefix and text.startswith(prefix) else text
-    return RegionError(f"mask {text} (region id {region_id!r})", field=field)
-
-
 def inline_request(request: ToolRequest, policy: ImagePolicy) -> dict[str, Any]:
     """The request as JSON-ready data with the image and every mask inlined as a ``data:`` URI.
 
@@ -107,17 +100,18 @@ def inline_request(request: ToolRequest, policy: ImagePolicy) -> dict[str, Any]:
     data = request.model_dump(mode="json", exclude_none=True)
     data["image"] = _data_uri(read_source_bytes(request.image, policy, field="image"))
     if isinstance(request, DescribeRegionRequest):
-        regions, items, name = [request.region], [data["region"]], "region"
+        regions, items, names = [request.region], [data["region"]], ["region"]
     else:
-        regions, items, name = list(request.regions), data["regions"], "regions"
-    for index, (region, item) in enumerate(zip(regions, items, strict=True)):
+        regions, items = list(request.regions), data["regions"]
+        names = [f"regions[{i}]" for i in range(len(regions))]
+    for index, (region, item, name) in enumerate(zip(regions, items, names, strict=True)):
         if region.mask is None:
             continue
-        field = f"{name}[{index}].mask"
+        field = f"{name}.mask"
         try:
             item["mask"] = _data_uri(read_source_bytes(region.mask, policy, field=field))
         except ImageError as exc:
-            raise _mask_error(exc, field, region.id or f"r{index}") from exc
+            raise mask_read_error(exc, field, region.id or f"r{index}") from exc
     return data
 
 

@@ -14,7 +14,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from PIL import Image
 
 from gar_tools.engine.base import RESULT_MODELS, Engine, Progress, ToolName, ToolRequest, ToolResultModel
@@ -30,7 +29,7 @@ from gar_tools.prompts import (
     prompt_token,
     relationship_question,
 )
-from gar_tools.regions import DecodedRegion, decode_regions, draw_overlay, encode_png_base64
+from gar_tools.regions import DecodedRegion, decode_region, decode_regions, draw_overlay, encode_png_base64
 from gar_tools.results import ModelInfo, RegionInfo, Timings
 
 __all__ = ["LocalEngine", "Job", "build_job"]
@@ -56,7 +55,7 @@ def build_job(tool: ToolName, request: ToolRequest, policy: ImagePolicy) -> Job:
     start = time.perf_counter()
     image = load_image(request.image, policy, field="image")
     if isinstance(request, DescribeRegionRequest):
-        regions = decode_regions([request.region], image.size, policy=policy, field="region", min_count=1, max_count=1)
+        regions = [decode_region(request.region, image.size, index=0, policy=policy, field="region")]
         question, indices, choices = None, [SINGLE_REGION_PROMPT_INDEX], 0
     elif isinstance(request, CompareRegionsRequest):
         regions = decode_regions(request.regions, image.size, policy=policy, min_count=2)
@@ -163,11 +162,7 @@ class LocalEngine(Engine):
         started = time.perf_counter()
         pipeline = self.pipeline
         load_ms = 0.0 if loaded_before else (time.perf_counter() - started) * 1000
-        masks: list[np.ndarray] = [r.mask for r in job.regions]
-        if job.question is None:
-            prepared = pipeline.prepare(job.image, masks)
-        else:
-            prepared = pipeline.prepare(job.image, masks, job.question)
+        prepared = pipeline.prepare(job.image, [r.mask for r in job.regions], job.question)
         return pipeline.generate(prepared, max_new_tokens=job.max_new_tokens, streamer=streamer), load_ms
 
     async def run(self, tool: ToolName, request: ToolRequest, progress: Progress | None = None) -> ToolResultModel:
