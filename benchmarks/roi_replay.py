@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 import torchvision
+
 from gar_tools.kernels.roi_replay import BINS, GEOMETRIES, roi_replay, roi_replay_backend, roi_replay_reference
 
 CROP_TOKEN_IDS = [128004, 128005, 128008, 128010, 128011]  # gar-model.md §2

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 from gar_tools.errors import CheckpointError, EngineError, GarToolsError, ImageError, InputError, RegionError
 
 if TYPE_CHECKING:
-    from gar_tools.engine import Engine, LocalEngine
+    from gar_tools.engine.base import Engine
+    from gar_tools.engine.local import LocalEngine
     from gar_tools.images import ImagePolicy
     from gar_tools.inputs import AnswerAboutRegionsRequest, CompareRegionsRequest, DescribeRegionRequest, Region
     from gar_tools.results import AnswerAboutRegionsResult, CompareRegionsResult, DescribeRegionResult, ModelInfo
@@ -41,8 +42,8 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "GarToolkit": "gar_tools.toolkit",
-    "Engine": "gar_tools.engine",
-    "LocalEngine": "gar_tools.engine",
+    "Engine": "gar_tools.engine.base",
+    "LocalEngine": "gar_tools.engine.local",
     "ImagePolicy": "gar_tools.images",
     "Region": "gar_tools.inputs",
     "DescribeRegionRequest": "gar_tools.inputs",

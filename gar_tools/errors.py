@@ -1,7 +1,8 @@
 """Errors raised by gar_tools.
 
-Every error a caller can cause is a :class:`GarToolsError`. Messages say what was wrong, which field it
-was, and what is allowed, so a person or an agent can fix the call without reading our code.
+Every error a caller can cause is a :class:`GarToolsError`. Input errors keep *what* was wrong (``reason``) and
+*where* (``field``) apart; ``str(err)`` reads ``field: reason``, so a person or an agent can fix the call without
+reading our code.
 """
 
 from __future__ import annotations
@@ -23,12 +24,18 @@ class GarToolsError(Exception):
 class InputError(GarToolsError, ValueError):
     """A request is malformed: a field is missing, of the wrong type, or out of range.
 
-    ``field`` names the offending field (dotted path, e.g. ``regions[1].box``) when known.
+    Attributes:
+        reason: what was wrong and what is allowed, without the field.
+        field: the offending field as a path (e.g. ``regions[1].box``), or None for the request as a whole.
     """
 
-    def __init__(self, message: str, *, field: str | None = None) -> None:
+    def __init__(self, reason: str, *, field: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
         self.field = field
-        super().__init__(f"{field}: {message}" if field else message)
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.reason}" if self.field else self.reason
 
 
 class ImageError(InputError):

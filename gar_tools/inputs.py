@@ -7,6 +7,7 @@ lengths, exactly one region format); :mod:`gar_tools.regions` checks regions aga
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 import pydantic
@@ -20,16 +21,21 @@ __all__ = [
     "REGION_FORMATS",
     "RLE",
     "Region",
+    "ToolRequest",
     "DescribeRegionRequest",
     "CompareRegionsRequest",
     "AnswerAboutRegionsRequest",
+    "exactly_one_format",
+    "too_many_regions",
+    "field_path",
     "validation_error_to_input_error",
 ]
 
 MAX_REGIONS = 5
 """GAR has 5 region prompt slots (``prompt_numbers``: ``<Prompt0>`` … ``<Prompt4>``), so at most 5 regions per call."""
 
-REGION_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$"
+REGION_ID = r"[A-Za-z_][A-Za-z0-9_.\-]{0,31}"
+REGION_ID_PATTERN = rf"^{REGION_ID}$"
 """Allowed region ids: a letter or ``_``, then up to 31 letters, digits, ``_``, ``.`` or ``-``."""
 
 REGION_FORMATS = ("mask", "rle", "polygon", "box")
@@ -55,7 +61,8 @@ _OVERLAY_DESCRIPTION = (
 )
 
 
-def _too_many_regions(count: int) -> str:
+def too_many_regions(count: int) -> str:
+    """Why ``count`` regions (more than :data:`MAX_REGIONS`) are too many for one call."""
     return (
         f"GAR has {MAX_REGIONS} prompt slots, so at most {MAX_REGIONS} regions per call; {count} were given. "
         "Split the regions over several calls."
@@ -129,48 +136,64 @@ class Region(BaseModel):
 
     @model_validator(mode="after")
     def _exactly_one_format(self) -> Region:
-        given = [name for name in REGION_FORMATS if getattr(self, name) is not None]
-        if len(given) != 1:
-            got = "none" if not given else " and ".join(given)
-            raise ValueError(f"give exactly one of mask, rle, polygon or box per region (got {got})")
+        exactly_one_format(self)
         return self
 
     @property
-    def format(self) -> str | None:
-        """Which of ``mask``, ``rle``, ``polygon``, ``box`` this region uses (None if not exactly one)."""
-        given = [name for name in REGION_FORMATS if getattr(self, name) is not None]
-        return given[0] if len(given) == 1 else None
+    def format(self) -> str:
+        """Which of ``mask``, ``rle``, ``polygon``, ``box`` this region uses."""
+        return exactly_one_format(self)
+
+
+def exactly_one_format(region: Any) -> str:
+    """The one format (``mask``, ``rle``, ``polygon`` or ``box``) ``region`` is given in.
+
+    Raises:
+        ValueError: when none or several are given.
+    """
+    given = [name for name in REGION_FORMATS if getattr(region, name, None) is not None]
+    if len(given) != 1:
+        got = "none" if not given else " and ".join(given)
+        raise ValueError(
+            f"give exactly one of {', '.join(REGION_FORMATS[:-1])} or {REGION_FORMATS[-1]} per region (got {got})"
+        )
+    return given[0]
 
 
 def _check_region_count(value: Any, *, minimum: int, tool: str, hint: str = "") -> Any:
     if isinstance(value, (list, tuple)):
         if len(value) > MAX_REGIONS:
-            raise ValueError(_too_many_regions(len(value)))
+            raise ValueError(too_many_regions(len(value)))
         if len(value) < minimum:
             plural = "region" if minimum == 1 else "regions"
             raise ValueError(f"{tool} needs at least {minimum} {plural}; {len(value)} given{hint}")
     return value
 
 
-class DescribeRegionRequest(BaseModel):
-    """Describe one region of an image in detail."""
+class ToolRequest(BaseModel):
+    """What every tool request has: the image, a generation budget and the overlay switch.
+
+    Each tool's request model (see :mod:`gar_tools.tools`) adds its regions and text fields.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     image: str = Field(min_length=1, description=_IMAGE_DESCRIPTION)
-    region: Region = Field(description="The region to describe.")
     max_new_tokens: int = Field(
         default=MAX_NEW_TOKENS_DEFAULT, ge=1, le=MAX_NEW_TOKENS_LIMIT, description=_MAX_NEW_TOKENS_DESCRIPTION
     )
     overlay: bool = Field(default=False, description=_OVERLAY_DESCRIPTION)
 
 
-class CompareRegionsRequest(BaseModel):
+class DescribeRegionRequest(ToolRequest):
+    """Describe one region of an image in detail."""
+
+    region: Region = Field(description="The region to describe.")
+
+
+class CompareRegionsRequest(ToolRequest):
     """Describe 2 to 5 regions of an image and how they relate to or differ from each other."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    image: str = Field(min_length=1, description=_IMAGE_DESCRIPTION)
     regions: list[Region] = Field(
         description=(
             f"The regions to compare, 2 to {MAX_REGIONS} (GAR has {MAX_REGIONS} prompt slots). The first region is "
@@ -186,10 +209,6 @@ class CompareRegionsRequest(BaseModel):
             "Leave out for a general comparison."
         ),
     )
-    max_new_tokens: int = Field(
-        default=MAX_NEW_TOKENS_DEFAULT, ge=1, le=MAX_NEW_TOKENS_LIMIT, description=_MAX_NEW_TOKENS_DESCRIPTION
-    )
-    overlay: bool = Field(default=False, description=_OVERLAY_DESCRIPTION)
 
     @field_validator("regions", mode="before")
     @classmethod
@@ -199,12 +218,9 @@ class CompareRegionsRequest(BaseModel):
         )
 
 
-class AnswerAboutRegionsRequest(BaseModel):
+class AnswerAboutRegionsRequest(ToolRequest):
     """Answer a question about 1 to 5 regions of an image, free-form or multiple choice."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    image: str = Field(min_length=1, description=_IMAGE_DESCRIPTION)
     regions: list[Region] = Field(
         description=(
             f"The regions the question is about, 1 to {MAX_REGIONS} (GAR has {MAX_REGIONS} prompt slots). "
@@ -231,10 +247,6 @@ class AnswerAboutRegionsRequest(BaseModel):
             "the result's choice field then holds the chosen letter."
         ),
     )
-    max_new_tokens: int = Field(
-        default=MAX_NEW_TOKENS_DEFAULT, ge=1, le=MAX_NEW_TOKENS_LIMIT, description=_MAX_NEW_TOKENS_DESCRIPTION
-    )
-    overlay: bool = Field(default=False, description=_OVERLAY_DESCRIPTION)
 
     @field_validator("regions", mode="before")
     @classmethod
@@ -250,24 +262,27 @@ def _error_message(error: Any) -> str:
     return str(error.get("msg", "invalid value"))
 
 
+def field_path(loc: Sequence[Any]) -> str:
+    """A pydantic error location as one field path: ``("regions", 1, "box")`` → ``regions[1].box``."""
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
 def validation_error_to_input_error(exc: pydantic.ValidationError) -> InputError:
     """Turn a pydantic ``ValidationError`` into one :class:`~gar_tools.errors.InputError`.
 
-    The message lists every error as ``loc.path: msg`` (joined by ``; ``), without echoing the input
-    values (which may be large base64 strings). ``field`` is the first error's dotted location, e.g.
-    ``regions.1.box`` (None when the error is about the whole request).
+    ``field`` is the first error's location (e.g. ``regions[1].box``; None when the error is about the whole
+    request) and ``reason`` its message, followed by the other errors as ``; field: message``. Input values are
+    never echoed (they may be large base64 strings).
     """
-    parts: list[str] = []
-    first_loc: str | None = None
-    for index, error in enumerate(exc.errors(include_url=False, include_input=False)):
-        loc = ".".join(str(p) for p in error.get("loc", ()))
-        if index == 0:
-            first_loc = loc or None
-        message = _error_message(error)
-        parts.append(f"{loc}: {message}" if loc else message)
-    count = len(parts)
-    title = exc.title or "request"
-    header = f"invalid {title} ({count} error{'s' if count != 1 else ''}): "
-    err = InputError(header + "; ".join(parts))
-    err.field = first_loc
-    return err
+    errors = [
+        (field_path(error.get("loc", ())), _error_message(error))
+        for error in exc.errors(include_url=False, include_input=False)
+    ]
+    if not errors:
+        return InputError(f"invalid {exc.title or 'request'}")
+    (first_field, first_reason), rest = errors[0], errors[1:]
+    reason = "; ".join([first_reason, *(f"{loc}: {msg}" if loc else msg for loc, msg in rest)])
+    return InputError(reason, field=first_field or None)

@@ -23,7 +23,7 @@ from pycocotools import mask as mask_utils
 
 from gar_tools.errors import ImageError, RegionError
 from gar_tools.images import ImagePolicy, decode_image_bytes, read_source_bytes
-from gar_tools.inputs import MAX_REGIONS, REGION_FORMATS, REGION_ID_PATTERN, RLE, Region
+from gar_tools.inputs import MAX_REGIONS, REGION_ID_PATTERN, RLE, Region, exactly_one_format, too_many_regions
 
 __all__ = [
     "MAX_REGIONS",
@@ -78,10 +78,7 @@ def _region_error(field: str, region_id: str, message: str) -> RegionError:
 
 def mask_read_error(exc: ImageError, field: str, region_id: str) -> RegionError:
     """The :class:`RegionError` for a mask image that could not be read (``exc`` names the reason)."""
-    text = str(exc)
-    prefix = f"{exc.field}: " if exc.field else ""
-    text = text[len(prefix) :] if prefix and text.startswith(prefix) else text
-    return _region_error(field, region_id, "mask " + text)
+    return _region_error(field, region_id, "mask " + exc.reason)
 
 
 def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
@@ -296,11 +293,10 @@ def decode_region(
         raise _region_error(
             f"{field}.id", str(rid), "id must start with a letter or _, then up to 31 letters, digits, _ . or -"
         )
-    given = [name for name in REGION_FORMATS if getattr(region, name, None) is not None]
-    if len(given) != 1:
-        got = "none" if not given else " and ".join(given)
-        raise _region_error(field, rid, f"give exactly one of mask, rle, polygon or box per region (got {got})")
-    kind = given[0]
+    try:
+        kind = exactly_one_format(region)
+    except ValueError as exc:
+        raise _region_error(field, rid, str(exc)) from None
     sub = f"{field}.{kind}"
     if kind == "mask":
         mask = _decode_mask(region.mask, (width, height), policy, sub, rid)
@@ -322,24 +318,24 @@ def decode_regions(
     *,
     policy: ImagePolicy,
     field: str = "regions",
+    fields: Sequence[str] | None = None,
     min_count: int = 1,
     max_count: int = MAX_REGIONS,
 ) -> list[DecodedRegion]:
     """Decode and validate a list of regions (see :func:`decode_region`), in order.
 
     Checks the count (``min_count`` to ``max_count``; GAR has 5 prompt slots, so never more than
-    :data:`MAX_REGIONS`) and that ids are unique before decoding. Errors name ``field[i]``.
+    :data:`MAX_REGIONS`) and that ids are unique before decoding. Errors about the list name ``field``; errors
+    about region ``i`` name ``fields[i]`` (default ``field[i]``).
 
     Raises:
         RegionError: for a wrong count, duplicate ids, or any region :func:`decode_region` rejects.
     """
     count = len(regions)
+    names = list(fields) if fields is not None else [f"{field}[{i}]" for i in range(count)]
     if count > max_count:
         if max_count >= MAX_REGIONS:
-            message = (
-                f"GAR has {MAX_REGIONS} prompt slots, so at most {MAX_REGIONS} regions per call; {count} were given. "
-                "Split the regions over several calls."
-            )
+            message = too_many_regions(count)
         else:
             message = f"at most {max_count} region{'s' if max_count != 1 else ''} allowed here; {count} were given"
         raise RegionError(message, field=field)
@@ -352,15 +348,14 @@ def decode_regions(
         rid = region.id if region.id is not None else f"r{i}"
         if rid in seen:
             raise _region_error(
-                f"{field}[{i}].id",
+                f"{names[i]}.id",
                 rid,
-                f"id {rid!r} is already used by {field}[{seen[rid]}]; ids must be unique "
+                f"id {rid!r} is already used by {names[seen[rid]]}; ids must be unique "
                 "(regions without an id get r0, r1, ... by position)",
             )
         seen[rid] = i
     return [
-        decode_region(region, image_size, index=i, policy=policy, field=f"{field}[{i}]")
-        for i, region in enumerate(regions)
+        decode_region(region, image_size, index=i, policy=policy, field=names[i]) for i, region in enumerate(regions)
     ]
 
 

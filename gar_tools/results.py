@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "TINY_MODEL_NOTE",
     "RegionInfo",
     "Timings",
     "ToolResult",
@@ -13,6 +14,12 @@ __all__ = [
     "AnswerAboutRegionsResult",
     "ModelInfo",
 ]
+
+TINY_MODEL_NOTE = (
+    "The 'tiny' test model has random weights: its text is meaningless and only shows that the tool ran; "
+    "use a real GAR checkpoint for answers."
+)
+"""The one sentence every surface (CLI, MCP, LangChain, LlamaIndex, descriptions) shows for tiny-model output."""
 
 
 class RegionInfo(BaseModel):
@@ -58,12 +65,7 @@ class ToolResult(BaseModel):
     text: str = Field(description="The model's answer or description.")
     regions: list[RegionInfo] = Field(description="The regions as understood, in the order given.")
     model: str = Field(description="The model that answered: a hub id, a local path, or 'tiny'.")
-    tiny_model: bool = Field(
-        description=(
-            "True when the weights are the random tiny test checkpoint: the text is then meaningless and only shows "
-            "that the pipeline ran."
-        ),
-    )
+    tiny_model: bool = Field(description=f"True for the 'tiny' test checkpoint. {TINY_MODEL_NOTE}")
     timings: Timings = Field(description="Time spent per stage and number of generated tokens.")
     overlay_png: str | None = Field(
         default=None,
@@ -100,7 +102,7 @@ class ModelInfo(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(description="The model: a hub id, a local path, or 'tiny'.")
-    tiny_model: bool = Field(description="True for the random tiny test checkpoint (its text is meaningless).")
+    tiny_model: bool = Field(description=f"True for the 'tiny' test checkpoint. {TINY_MODEL_NOTE}")
     loaded: bool = Field(description="Whether the weights are in memory yet (engines load on first use).")
     device: str | None = Field(default=None, description="Where the model runs, e.g. 'cuda:0' or 'cpu'.")
     dtype: str | None = Field(default=None, description="The weights' dtype, e.g. 'bfloat16'.")

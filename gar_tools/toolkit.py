@@ -1,44 +1,42 @@
-"""``GarToolkit``: the three GAR tools, sync and async, framework-free.
+"""``GarToolkit``: every registered GAR tool, sync and async, framework-free.
 
 >>> toolkit = GarToolkit("tiny")  # random weights: the text is meaningless; use a real checkpoint for answers
 >>> result = toolkit.describe_region(image="photo.jpg", region={"box": [10, 20, 200, 240]})
 >>> result.text, result.regions[0].box
 
-Each tool takes a request model (or a dict, or keyword arguments), validates it once, and returns a result model.
-Errors a caller can fix are :class:`~gar_tools.errors.InputError` (and its subclasses) naming the field.
-Adapters (MCP, LangChain, LlamaIndex) and the worker API are thin layers over this class.
+Each tool (see :mod:`gar_tools.tools`) is a method of the same name (``toolkit.describe_region(...)``) and an
+async one with an ``a`` prefix (``await toolkit.adescribe_region(...)``); :meth:`GarToolkit.run` and
+:meth:`GarToolkit.arun` take the tool's name. A tool takes its request model, a mapping, or keyword arguments,
+validates it once, and returns its result model. Errors a caller can fix are
+:class:`~gar_tools.errors.InputError` (and subclasses) naming the field. Adapters (MCP, LangChain, LlamaIndex) and
+the worker API are thin layers over this class.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
 import pydantic
 
-from gar_tools.engine.base import REQUEST_MODELS, Engine, Progress, ToolName, ToolRequest
-from gar_tools.engine.local import LocalEngine
+from gar_tools.engine import Engine, Progress, make_engine
 from gar_tools.errors import InputError
 from gar_tools.images import ImagePolicy
-from gar_tools.inputs import (
-    AnswerAboutRegionsRequest,
-    CompareRegionsRequest,
-    DescribeRegionRequest,
-    validation_error_to_input_error,
-)
-from gar_tools.results import AnswerAboutRegionsResult, CompareRegionsResult, DescribeRegionResult, ModelInfo
+from gar_tools.inputs import ToolRequest, validation_error_to_input_error
+from gar_tools.results import ModelInfo, ToolResult
+from gar_tools.tools import ToolName, get_tool, tool_names
 
 __all__ = ["GarToolkit", "coerce_request"]
 
 _T = TypeVar("_T")
-_R = TypeVar("_R", bound=pydantic.BaseModel)
 
 
 def coerce_request(tool: ToolName, request: Any = None, **kwargs: Any) -> ToolRequest:
     """The request model for ``tool`` from a model instance, a mapping, or keyword arguments (validated once)."""
-    model = REQUEST_MODELS[tool]
+    model = get_tool(tool).request_model
     if isinstance(request, model) and not kwargs:
         return request
     if isinstance(request, pydantic.BaseModel):
@@ -73,70 +71,50 @@ class _LoopThread:
 
 
 class GarToolkit:
-    """The three GAR tools over an engine.
+    """Every registered GAR tool over an engine.
 
     Args:
-        engine: an :class:`~gar_tools.engine.base.Engine`, or a model name for a :class:`LocalEngine`
-            (``"tiny"`` — random weights, meaningless text —, a checkpoint folder, or a hub id).
+        engine: an :class:`~gar_tools.engine.base.Engine`, or a model name for a local engine (``"tiny"`` —
+            random weights, meaningless text —, a checkpoint folder, or a hub id).
         policy: image policy for a local engine built from a model name.
         **engine_kwargs: ``dtype``, ``device``, ``geometry`` for that local engine.
     """
 
     def __init__(self, engine: Engine | str = "tiny", *, policy: ImagePolicy | None = None, **engine_kwargs: Any):
-        self.engine: Engine = LocalEngine(engine, policy=policy, **engine_kwargs) if isinstance(engine, str) else engine
+        self.engine: Engine = (
+            make_engine("local", model=engine, policy=policy, **engine_kwargs) if isinstance(engine, str) else engine
+        )
         self._sync = _LoopThread()
 
-    # --- async ---------------------------------------------------------------------------------------------------
-    async def arun(self, tool: ToolName, request: Any = None, progress: Progress | None = None, **kwargs: Any):
+    # --- by name -------------------------------------------------------------------------------------------------
+    async def arun(
+        self, tool: ToolName, request: Any = None, progress: Progress | None = None, **kwargs: Any
+    ) -> ToolResult:
         """Run ``tool`` by name (the generic entry point used by adapters and servers)."""
-        if tool not in REQUEST_MODELS:
-            raise InputError(f"unknown tool {tool!r}; use one of {', '.join(REQUEST_MODELS)}", field="tool")
         return await self.engine.run(tool, coerce_request(tool, request, **kwargs), progress)
 
-    async def adescribe_region(
-        self, request: DescribeRegionRequest | Mapping[str, Any] | None = None, **kwargs: Any
-    ) -> DescribeRegionResult:
-        """Describe one region of an image in detail. See :class:`~gar_tools.inputs.DescribeRegionRequest`."""
-        return await self.arun("describe_region", request, **kwargs)  # type: ignore[return-value]
-
-    async def acompare_regions(
-        self, request: CompareRegionsRequest | Mapping[str, Any] | None = None, **kwargs: Any
-    ) -> CompareRegionsResult:
-        """Describe 2–5 regions and how they relate. See :class:`~gar_tools.inputs.CompareRegionsRequest`."""
-        return await self.arun("compare_regions", request, **kwargs)  # type: ignore[return-value]
-
-    async def aanswer_about_regions(
-        self, request: AnswerAboutRegionsRequest | Mapping[str, Any] | None = None, **kwargs: Any
-    ) -> AnswerAboutRegionsResult:
-        """Answer a question about 1–5 regions, free-form or multiple choice.
-        See :class:`~gar_tools.inputs.AnswerAboutRegionsRequest`."""
-        return await self.arun("answer_about_regions", request, **kwargs)  # type: ignore[return-value]
-
-    async def ainfo(self) -> ModelInfo:
-        return await self.engine.info()
-
-    # --- sync ----------------------------------------------------------------------------------------------------
-    def run(self, tool: ToolName, request: Any = None, **kwargs: Any):
+    def run(self, tool: ToolName, request: Any = None, **kwargs: Any) -> ToolResult:
         """Synchronous :meth:`arun`; safe to call from code that is itself inside an event loop."""
         return self._sync.run(self.arun(tool, request, **kwargs))
 
-    def describe_region(
-        self, request: DescribeRegionRequest | Mapping[str, Any] | None = None, **kwargs: Any
-    ) -> DescribeRegionResult:
-        """Describe one region of an image in detail."""
-        return self.run("describe_region", request, **kwargs)
+    # --- one method per registered tool --------------------------------------------------------------------------
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        tool = name[1:] if name.startswith("a") and name[1:] in tool_names() else name
+        if tool not in tool_names():
+            raise AttributeError(f"{type(self).__name__!r} has no attribute {name!r}")
+        method = self.arun if tool != name else self.run
+        bound = functools.partial(method, tool)
+        functools.update_wrapper(bound, method)
+        bound.__name__ = name  # type: ignore[attr-defined]
+        bound.__doc__ = f"{'Async ' if tool != name else ''}{get_tool(tool).title}: see {tool!r} in gar_tools.tools."
+        return bound
 
-    def compare_regions(
-        self, request: CompareRegionsRequest | Mapping[str, Any] | None = None, **kwargs: Any
-    ) -> CompareRegionsResult:
-        """Describe 2–5 regions and how they relate or differ."""
-        return self.run("compare_regions", request, **kwargs)
+    def __dir__(self) -> list[str]:
+        return [*super().__dir__(), *tool_names(), *(f"a{name}" for name in tool_names())]
 
-    def answer_about_regions(
-        self, request: AnswerAboutRegionsRequest | Mapping[str, Any] | None = None, **kwargs: Any
-    ) -> AnswerAboutRegionsResult:
-        """Answer a question about 1–5 regions, free-form or multiple choice."""
-        return self.run("answer_about_regions", request, **kwargs)
+    # --- model ---------------------------------------------------------------------------------------------------
+    async def ainfo(self) -> ModelInfo:
+        return await self.engine.info()
 
     def info(self) -> ModelInfo:
         return self._sync.run(self.ainfo())

@@ -1,7 +1,9 @@
-"""Servers (installed as ``gar_tools.servers``): the MCP server, the model worker and the CLI commands for both.
+"""Servers (installed as ``gar_tools.servers``): the MCP server and the model worker.
 
 - :mod:`gar_tools.servers.mcp_server`: the MCP server (``gar-tools serve``; needs ``gar-tools[mcp]``)
 - :mod:`gar_tools.servers.worker_app`: the HTTP worker (``gar-tools worker``; needs ``gar-tools[server]``)
-- :mod:`gar_tools.servers.common`: bearer-token middleware, tokens from the environment, server image policy
-- :mod:`gar_tools.servers.commands`: the ``serve`` and ``worker`` subcommands (imports the above lazily)
+- :mod:`gar_tools.servers.settings`: their settings, image policy and tokens (no server framework needed)
+- :mod:`gar_tools.servers.common`: bearer-token middleware, the loopback check, running an ASGI app
+
+The CLI (:mod:`gar_tools.cli`) parses arguments into settings and calls ``run_server`` / ``run_worker``.
 """

@@ -1,4 +1,4 @@
-"""What the servers share: bearer-token protection for the HTTP apps, tokens from the environment, image policy.
+"""What the HTTP servers share: bearer-token protection, the loopback check, and running an ASGI app.
 
 :class:`BearerTokenMiddleware` is a pure ASGI middleware, so it wraps any Starlette app (streaming responses
 included) without buffering: HTTP requests without ``Authorization: Bearer <token>`` get ``401`` with a JSON error
@@ -9,39 +9,37 @@ body, websockets are closed, lifespan events pass through. Tokens are compared i
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
-import os
+import sys
 from collections.abc import Iterable
-from pathlib import Path
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gar_tools.adapters.common import ASSETS_DIR
-from gar_tools.errors import GarToolsError
-from gar_tools.images import ImagePolicy
-
-__all__ = ["BearerTokenMiddleware", "server_policy", "token_from_env"]
+__all__ = ["BearerTokenMiddleware", "is_loopback", "serve_app"]
 
 
-def server_policy(allowed_dirs: Iterable[str | Path] = (), *, allow_urls: bool = False) -> ImagePolicy:
-    """The image policy of a server: the given folders plus the bundled examples; URLs only if enabled."""
-    dirs = [ASSETS_DIR, *(Path(d) for d in allowed_dirs)]
-    return ImagePolicy(allowed_dirs=tuple(dict.fromkeys(dirs)), allow_urls=allow_urls)
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address, IPv6 in brackets or not) only accepts local connections."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
-def token_from_env(name: str | None) -> str | None:
-    """The token held in environment variable ``name`` (None when ``name`` is None).
+def serve_app(app: ASGIApp, *, host: str, port: int, token: str | None, what: str) -> None:
+    """Run ``app`` with uvicorn until interrupted; warn when it is reachable from other machines without a token."""
+    import uvicorn
 
-    Raises:
-        GarToolsError: when ``name`` is given but the variable is unset or empty (a server must not silently run
-            without the protection it was asked for).
-    """
-    if name is None:
-        return None
-    value = os.environ.get(name, "").strip()
-    if not value:
-        raise GarToolsError(f"environment variable {name} (named by a --*token-env option) is unset or empty")
-    return value
+    if not is_loopback(host) and token is None:
+        print(
+            f"gar-tools: warning: {what} listens on {host} without a token (--token-env); anyone who can reach "
+            "it can use the model",
+            file=sys.stderr,
+        )
+    uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
 class BearerTokenMiddleware:

@@ -1,8 +1,8 @@
-"""The MCP server: the three GAR tools over the official ``mcp`` SDK (2.x ``MCPServer``).
+"""The MCP server: every registered GAR tool over the official ``mcp`` SDK (2.x ``MCPServer``).
 
-- Tools ``describe_region``, ``compare_regions``, ``answer_about_regions``. Their input schemas are exactly the
-  fields of the request models in :mod:`gar_tools.inputs` (with the LLM-oriented descriptions), and their output
-  schemas the result models of :mod:`gar_tools.results` minus ``overlay_png``: results come back as
+- One MCP tool per :class:`~gar_tools.tools.ToolSpec` (``describe_region``, ``compare_regions``,
+  ``answer_about_regions``, …). Input schemas are exactly the fields of the tools' request models (with the
+  LLM-oriented descriptions), output schemas their result models minus ``overlay_png``: results come back as
   ``structuredContent`` plus a JSON text block, and a requested overlay as an ``ImageContent`` PNG beside them.
 - Arguments are validated by the request models themselves, so every client (MCP, LangChain, LlamaIndex, the
   worker) gets the same error messages naming the field; errors are raised, and the SDK returns them as
@@ -12,8 +12,8 @@
 - Resources ``gar://guide`` (usage guide), ``gar://examples`` (bundled example images with ready-made calls) and
   ``gar://examples/{filename}`` (the images themselves); prompt ``gar_tour``.
 
-Run it with ``gar-tools serve --transport stdio|http`` (see :mod:`gar_tools.servers.commands`) or build it with
-:func:`create_server` and pass it to ``mcp.Client`` in tests.
+Run it with ``gar-tools serve --transport stdio|http`` (:func:`run_server`) or build it with :func:`create_server`
+and pass it to ``mcp.Client`` in tests.
 """
 
 from __future__ import annotations
@@ -24,11 +24,10 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import pydantic
-from gar_tools.servers.common import BearerTokenMiddleware, server_policy
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
 from mcp_types import CallToolResult, ContentBlock, ImageContent, TextContent, ToolAnnotations
@@ -36,28 +35,24 @@ from pydantic import Field, SkipValidation
 from starlette.types import ASGIApp
 
 from gar_tools import __version__
-from gar_tools.adapters.common import (
-    ASSETS_DIR,
-    TINY_MODEL_NOTE,
-    TOOL_TITLES,
-    example_catalog,
-    result_json,
-    tool_description,
-    usage_guide,
-)
-from gar_tools.engine import Engine, LocalEngine, make_engine
-from gar_tools.engine.base import REQUEST_MODELS, RESULT_MODELS, TOOL_NAMES, ToolName
+from gar_tools.adapters.common import result_json, tool_description, usage_guide
+from gar_tools.catalog import ASSETS_DIR, example_calls, example_catalog
+from gar_tools.engine import Engine, make_engine
 from gar_tools.errors import GarToolsError
 from gar_tools.images import ImagePolicy
-from gar_tools.results import ToolResult
+from gar_tools.inputs import MAX_REGIONS
+from gar_tools.results import TINY_MODEL_NOTE, ToolResult
+from gar_tools.servers.common import BearerTokenMiddleware, serve_app
+from gar_tools.servers.settings import ServeSettings
 from gar_tools.toolkit import GarToolkit
+from gar_tools.tools import ToolName, ToolSpec, tools
 
 __all__ = [
     "GarServerState",
-    "ServeSettings",
     "create_server",
     "http_app",
     "output_model",
+    "run_server",
     "tool_result",
 ]
 
@@ -65,32 +60,10 @@ logger = logging.getLogger("gar_tools.mcp")
 
 INSTRUCTIONS = (
     "GAR (Grasp Any Region) tools: describe, compare and answer questions about specific regions of an image. "
-    "Each call takes one image (path, data: URI or base64) and up to 5 regions (mask, COCO RLE, polygon or box). "
-    "Read the gar://guide resource for formats and gar://examples for example images. "
-    "If a result has tiny_model=true, the server runs random test weights and the text is meaningless."
+    f"Each call takes one image (path, data: URI or base64) and up to {MAX_REGIONS} regions (mask, COCO RLE, "
+    "polygon or box). Read the gar://guide resource for formats and gar://examples for example images. "
+    f"If a result has tiny_model=true: {TINY_MODEL_NOTE}"
 )
-
-
-@dataclass(frozen=True)
-class ServeSettings:
-    """How ``gar-tools serve`` runs the tools.
-
-    Attributes:
-        engine: ``"local"`` (the model in this process) or a worker URL ``http(s)://host:port``.
-        model: the model a local engine loads (``"tiny"``: random weights, meaningless text).
-        policy: which images and masks callers may pass (allowed folders, URLs, size limits).
-        worker_token: bearer token for the worker (http engine).
-        engine_kwargs: ``dtype``, ``device``, ``geometry`` for a local engine.
-        preload: start loading a local model when the server starts (in the background) rather than on the
-            first call.
-    """
-
-    engine: str = "local"
-    model: str = "tiny"
-    policy: ImagePolicy = field(default_factory=server_policy)
-    worker_token: str | None = None
-    engine_kwargs: dict[str, Any] = field(default_factory=dict)
-    preload: bool = True
 
 
 @dataclass
@@ -105,9 +78,9 @@ class GarServerState:
 # --- schemas ---------------------------------------------------------------------------------------------------------
 
 
-def output_model(tool: ToolName) -> type[pydantic.BaseModel]:
-    """The MCP output schema model of ``tool``: its result model without ``overlay_png`` (sent as an image)."""
-    result_cls = RESULT_MODELS[tool]
+def output_model(spec: ToolSpec) -> type[pydantic.BaseModel]:
+    """The MCP output schema model of a tool: its result model without ``overlay_png`` (sent as an image)."""
+    result_cls = spec.result_model
     fields: dict[str, Any] = {
         name: (info.annotation, info) for name, info in result_cls.model_fields.items() if name != "overlay_png"
     }
@@ -142,9 +115,9 @@ def tool_result(result: ToolResult) -> CallToolResult:
     return CallToolResult(content=content, structured_content=result.model_dump(mode="json", exclude={"overlay_png"}))
 
 
-def _tool_function(tool: ToolName) -> Callable[..., Awaitable[CallToolResult]]:
-    """The async function registered for ``tool``, with a signature built from its request model's fields."""
-    request_model = REQUEST_MODELS[tool]
+def _tool_function(spec: ToolSpec) -> Callable[..., Awaitable[CallToolResult]]:
+    """The async function registered for a tool, with a signature built from its request model's fields."""
+    tool: ToolName = spec.name
 
     async def run_tool(ctx: Context, **arguments: Any) -> CallToolResult:
         state: GarServerState = ctx.request_context.lifespan_context
@@ -166,10 +139,10 @@ def _tool_function(tool: ToolName) -> Callable[..., Awaitable[CallToolResult]]:
             annotation=_schema_only(info),
             default=inspect.Parameter.empty if info.is_required() else info.default,
         )
-        for name, info in request_model.model_fields.items()
+        for name, info in spec.request_model.model_fields.items()
     ]
     parameters.append(inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context))
-    returns = Annotated[CallToolResult, output_model(tool)]
+    returns = Annotated[CallToolResult, output_model(spec)]
     run_tool.__name__ = run_tool.__qualname__ = tool
     run_tool.__signature__ = inspect.Signature(parameters, return_annotation=returns)  # type: ignore[attr-defined]
     run_tool.__annotations__ = {p.name: p.annotation for p in parameters} | {"return": returns}
@@ -210,13 +183,13 @@ def create_server(
                 **settings.engine_kwargs,
             )
         state = GarServerState(toolkit=GarToolkit(engine), settings=settings)
-        if settings.preload and isinstance(engine, LocalEngine) and not (await engine.info()).loaded:
-            state.loader = asyncio.create_task(engine.load())
+        if settings.preload:  # in the background: the server answers `initialize` while a model loads
+            state.loader = asyncio.create_task(engine.start())
             state.loader.add_done_callback(_log_load_failure)
         try:
             yield state
         finally:
-            await state.toolkit.aclose()  # waits for a model load still running on the model thread
+            await state.toolkit.aclose()  # lets a model load still running on the model thread finish
 
     server: MCPServer[GarServerState] = MCPServer(
         "gar-tools",
@@ -227,19 +200,13 @@ def create_server(
         lifespan=lifespan,
         log_level="WARNING",
     )
-    for tool in TOOL_NAMES:
+    for spec in tools():
         server.add_tool(
-            _tool_function(tool),
-            name=tool,
-            title=TOOL_TITLES[tool],
-            description=tool_description(tool, policy, limit=4000),
-            annotations=ToolAnnotations(
-                title=TOOL_TITLES[tool],
-                read_only_hint=True,
-                destructive_hint=False,
-                idempotent_hint=True,
-                open_world_hint=policy.allow_urls,
-            ),
+            _tool_function(spec),
+            name=spec.name,
+            title=spec.title,
+            description=tool_description(spec.name, policy, limit=4000),
+            annotations=ToolAnnotations.model_validate({"title": spec.title, **spec.annotations}),
         )
     _add_resources(server, policy)
     return server
@@ -272,18 +239,26 @@ def _add_resources(server: MCPServer[GarServerState], policy: ImagePolicy) -> No
 
     @server.prompt(name="gar_tour", title="Try the GAR tools on the examples")
     def gar_tour() -> str:
-        """Ask the assistant to run the three tools on the bundled example images."""
-        catalog = {item["name"]: item for item in example_catalog()}
-        slipper, tennis = catalog["slipper"], catalog["tennis"]
+        """Ask the assistant to run each tool on the bundled example images."""
+        steps = "".join(
+            f"{k}. {tool} with the arguments {json.dumps(arguments)}.\n"
+            for k, (tool, arguments) in enumerate(example_calls().items(), start=1)
+        )
         return (
             "Try the GAR region tools on the bundled examples:\n"
-            f"1. describe_region on image {slipper['image']} with region {json.dumps(slipper['regions'][0])}.\n"
-            f"2. compare_regions on image {tennis['image']} with regions {json.dumps(tennis['regions'][:2])}, "
-            "focus 'what they are doing'.\n"
-            f"3. answer_about_regions on image {tennis['image']} with regions {json.dumps(tennis['regions'])} "
-            "and the question 'What is <person> doing with <racket> and <ball>?', with overlay true.\n"
-            "Summarize each answer. If a result says tiny_model is true, say that the text is meaningless."
+            + steps
+            + f"Summarize each answer. If a result says tiny_model is true, say so: {TINY_MODEL_NOTE}"
         )
+
+
+def run_server(settings: ServeSettings) -> None:
+    """Run the MCP server until interrupted (``gar-tools serve``), over stdio or streamable HTTP."""
+    server = create_server(settings)
+    if settings.transport == "stdio":
+        server.run("stdio")
+        return
+    app = http_app(server, host=settings.host, token=settings.token, path=settings.path)
+    serve_app(app, host=settings.host, port=settings.port, token=settings.token, what="the MCP server")
 
 
 def http_app(

@@ -1,21 +1,21 @@
 """The GAR worker: the local engine behind an HTTP API, shared by many front-ends (``gar-tools worker``).
 
-Endpoints (JSON in and out, the same pydantic models as the Python API)::
+Endpoints (JSON in and out, the same pydantic models as the Python API), one pair per registered tool
+(:mod:`gar_tools.tools`)::
 
-    POST /v1/describe_region          DescribeRegionRequest      -> DescribeRegionResult
-    POST /v1/compare_regions          CompareRegionsRequest      -> CompareRegionsResult
-    POST /v1/answer_about_regions     AnswerAboutRegionsRequest  -> AnswerAboutRegionsResult
+    POST /v1/{tool}                   the tool's request model   -> its result model
+                                      (describe_region, compare_regions, answer_about_regions, …)
     POST /v1/{tool}/stream            the same request -> server-sent events: ``progress`` events
                                       ({"progress", "total", "message"}), then one ``result`` (the result model)
                                       or ``error`` event
     GET  /v1/model                    ModelInfo
     GET  /healthz                     {"status": "ok", ...}  (no token needed)
 
-Errors are ``{"error": {"type", "message", "field"}}`` with status 422 for input the caller can fix (``InputError``,
-``ImageError``, ``RegionError``), 400 for a body that is not JSON, 404 for an unknown tool, 500 for model or
-engine failures, and 401 without the bearer token when one is configured. The model is loaded once, at startup
-(``/healthz`` answers once it is ready); concurrent requests queue on the engine's model thread, so they never
-share the model at the same time.
+Errors are ``{"error": {"type", "message", "field", "reason"}}`` with status 422 for input the caller can fix
+(``InputError``, ``ImageError``, ``RegionError``), 400 for a body that is not JSON, 404 for an unknown tool, 500
+for model or engine failures, and 401 without the bearer token when one is configured. The model is loaded once,
+at startup (``/healthz`` answers once it is ready); concurrent requests queue on the engine's model thread, so they
+never share the model at the same time.
 """
 
 from __future__ import annotations
@@ -27,20 +27,22 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from gar_tools.servers.common import BearerTokenMiddleware
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from gar_tools.engine.base import TOOL_NAMES, Engine, ToolName, ToolRequest
+from gar_tools.engine import Engine, make_engine
 from gar_tools.engine.http import error_payload
-from gar_tools.engine.local import LocalEngine
 from gar_tools.errors import CheckpointError, EngineError, GarToolsError, InputError
+from gar_tools.inputs import ToolRequest
+from gar_tools.servers.common import BearerTokenMiddleware, serve_app
+from gar_tools.servers.settings import WorkerSettings
 from gar_tools.toolkit import coerce_request
+from gar_tools.tools import ToolName, get_tool
 
-__all__ = ["create_worker_app", "error_status"]
+__all__ = ["create_worker_app", "error_status", "run_worker"]
 
 logger = logging.getLogger("gar_tools.worker")
 
@@ -70,8 +72,9 @@ def _engine(request: Request) -> Engine:
 async def _parse(request: Request) -> tuple[ToolName, ToolRequest] | JSONResponse:
     """The tool and validated request model, or the error response to send."""
     tool = request.path_params["tool"]
-    if tool not in TOOL_NAMES:
-        exc = InputError(f"unknown tool {tool!r}; use one of {', '.join(TOOL_NAMES)}", field="tool")
+    try:
+        get_tool(tool)
+    except InputError as exc:
         return _error_response(exc, 404)
     try:
         payload = json.loads(await request.body())
@@ -150,32 +153,31 @@ async def _healthz(request: Request) -> Response:
 
 
 def create_worker_app(
-    *,
-    engine_factory: Callable[[], Engine] | None = None,
-    model: str = "tiny",
-    token: str | None = None,
-    preload: bool = True,
-    **engine_kwargs: Any,
+    settings: WorkerSettings | None = None, *, engine_factory: Callable[[], Engine] | None = None
 ) -> ASGIApp:
-    """The worker's ASGI app; run it with uvicorn (``gar-tools worker`` does).
+    """The worker's ASGI app; run it with uvicorn (:func:`run_worker` does).
 
     Args:
-        engine_factory: builds the engine when the app starts (default: a :class:`LocalEngine` of ``model``
-            with ``engine_kwargs``: ``policy``, ``dtype``, ``device``, ``geometry``).
-        model: the model to serve (``"tiny"`` — random weights, meaningless text —, a folder or a hub id).
-        token: if set, every endpoint but ``/healthz`` requires ``Authorization: Bearer <token>``.
-        preload: load the model at startup, before the server accepts requests.
+        settings: model, image policy, engine options, token, preload (default: the tiny model — random weights,
+            meaningless text —, bundled examples only, no token).
+        engine_factory: builds the engine when the app starts instead of a local engine of ``settings.model``
+            (e.g. over an already loaded pipeline, in tests).
+
+    With a token, every endpoint but ``/healthz`` requires ``Authorization: Bearer <token>``.
     """
+    settings = settings or WorkerSettings()
 
     def build() -> Engine:
-        return engine_factory() if engine_factory is not None else LocalEngine(model, **engine_kwargs)
+        if engine_factory is not None:
+            return engine_factory()
+        return make_engine("local", model=settings.model, policy=settings.policy, **settings.engine_kwargs)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         engine = build()
         try:
-            if preload and isinstance(engine, LocalEngine):
-                await engine.load()
+            if settings.preload:
+                await engine.start()
             yield {"engine": engine}
         finally:
             await engine.aclose()
@@ -187,6 +189,12 @@ def create_worker_app(
         Route("/v1/{tool}/stream", _stream_tool, methods=["POST"]),
     ]
     app: ASGIApp = Starlette(routes=routes, lifespan=lifespan)
-    if token:
-        app = BearerTokenMiddleware(app, token, open_paths={"/healthz"})
+    if settings.token:
+        app = BearerTokenMiddleware(app, settings.token, open_paths={"/healthz"})
     return app
+
+
+def run_worker(settings: WorkerSettings) -> None:
+    """Run the worker until interrupted (``gar-tools worker``)."""
+    app = create_worker_app(settings)
+    serve_app(app, host=settings.host, port=settings.port, token=settings.token, what="the worker")

@@ -18,8 +18,8 @@ import sys
 
 from server_helpers import REPO
 
-from gar_tools.adapters.common import TINY_MODEL_NOTE
 from gar_tools.cli import build_parser
+from gar_tools.results import TINY_MODEL_NOTE
 
 EXAMPLES = REPO / "examples"
 CONFIG = EXAMPLES / "claude_desktop_config.json"

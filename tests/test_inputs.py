@@ -209,8 +209,9 @@ def test_validation_error_to_input_error_names_field() -> None:
         CompareRegionsRequest(image=big_image, regions=[BOX, {"box": [0, 0, 1]}])
     error = validation_error_to_input_error(info.value)
     assert isinstance(error, InputError)
-    assert error.field == "regions.1.box"
-    assert "regions.1.box: List should have at least 4 items" in str(error)
+    assert error.field == "regions[1].box"
+    assert error.reason.startswith("List should have at least 4 items")
+    assert str(error) == f"regions[1].box: {error.reason}"
     assert big_image not in str(error)  # inputs are not echoed
 
 
@@ -221,12 +222,12 @@ def test_validation_error_to_input_error_lists_every_error() -> None:
         )
     error = validation_error_to_input_error(info.value)
     text = str(error)
-    assert error.field == "regions.0"
-    assert "regions.0: give exactly one of mask, rle, polygon or box per region (got mask and box)" in text
-    assert "question: String should have at least 1 character" in text
-    assert "bogus: Extra inputs are not permitted" in text
+    assert error.field == "regions[0]"
+    assert error.reason.startswith("give exactly one of mask, rle, polygon or box per region (got mask and box)")
+    assert text.startswith("regions[0]: give exactly one of mask, rle, polygon or box per region (got mask and box)")
+    assert "; question: String should have at least 1 character" in text
+    assert "; bogus: Extra inputs are not permitted" in text
     assert "Value error," not in text
-    assert "3 errors" in text
 
 
 def test_validation_error_to_input_error_too_many_regions() -> None:

@@ -18,13 +18,12 @@ from langchain_core.tools import ToolException
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from server_helpers import ASSETS
 
-from gar_tools.adapters.common import TINY_MODEL_NOTE
 from gar_tools.adapters.langchain import GarLangChainToolkit
 from gar_tools.engine import LocalEngine
-from gar_tools.engine.base import REQUEST_MODELS, TOOL_NAMES
 from gar_tools.images import ImagePolicy
-from gar_tools.results import AnswerAboutRegionsResult, DescribeRegionResult
+from gar_tools.results import TINY_MODEL_NOTE, AnswerAboutRegionsResult, DescribeRegionResult
 from gar_tools.toolkit import GarToolkit
+from gar_tools.tools import get_tool, tool_names
 
 IMAGE1, MASK1 = str(ASSETS / "demo_image_1.png"), str(ASSETS / "demo_mask_1.png")
 FEW = {"max_new_tokens": 3}
@@ -42,9 +41,9 @@ def _call(name: str, call_id: str, **args) -> dict:
 
 
 def test_tools_carry_our_schemas_and_descriptions(tools):
-    assert list(tools) == list(TOOL_NAMES)
+    assert list(tools) == list(tool_names())
     for name, tool in tools.items():
-        assert tool.args_schema is REQUEST_MODELS[name]
+        assert tool.args_schema is get_tool(name).request_model
         assert tool.response_format == "content_and_artifact"
         assert str(ASSETS) in tool.description and len(tool.description) <= 1024
         function = convert_to_openai_tool(tool)["function"]

@@ -20,14 +20,13 @@ from llama_index.core.llms.mock import MockFunctionCallingLLM
 from llama_index.core.tools import ToolOutput
 from server_helpers import ASSETS
 
-from gar_tools.adapters.common import TINY_MODEL_NOTE
 from gar_tools.adapters.llama_index import GarFunctionTool, GarToolSpec
 from gar_tools.engine import LocalEngine
-from gar_tools.engine.base import REQUEST_MODELS, TOOL_NAMES
 from gar_tools.errors import RegionError
 from gar_tools.images import ImagePolicy
-from gar_tools.results import CompareRegionsResult, DescribeRegionResult
+from gar_tools.results import TINY_MODEL_NOTE, CompareRegionsResult, DescribeRegionResult
 from gar_tools.toolkit import GarToolkit
+from gar_tools.tools import get_tool, tool_names
 
 IMAGE1, MASK1 = str(ASSETS / "demo_image_1.png"), str(ASSETS / "demo_mask_1.png")
 
@@ -50,10 +49,10 @@ def tools(spec):
 
 
 def test_tool_list_from_the_spec(tools):
-    assert list(tools) == list(TOOL_NAMES)
+    assert list(tools) == list(tool_names())
     for name, tool in tools.items():
         assert isinstance(tool, GarFunctionTool)
-        assert tool.metadata.fn_schema is REQUEST_MODELS[name]
+        assert tool.metadata.fn_schema is get_tool(name).request_model
         openai = tool.metadata.to_openai_tool()  # raises if the description is over 1024 characters
         assert openai["function"]["name"] == name and "image" in openai["function"]["parameters"]["properties"]
         assert str(ASSETS) in tool.metadata.description

@@ -17,8 +17,6 @@ import sys
 import httpx
 import httpx2
 import jsonschema
-from gar_tools.servers.common import server_policy
-from gar_tools.servers.mcp_server import ServeSettings, create_server, http_app
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
@@ -26,9 +24,11 @@ from PIL import Image
 from server_helpers import ASSETS, CLI, free_port
 from server_helpers import cli_server as run_cli_server
 
-from gar_tools.adapters.common import TINY_MODEL_NOTE
 from gar_tools.engine import LocalEngine
-from gar_tools.engine.base import REQUEST_MODELS, RESULT_MODELS, TOOL_NAMES
+from gar_tools.results import TINY_MODEL_NOTE
+from gar_tools.servers.mcp_server import create_server, http_app
+from gar_tools.servers.settings import ServeSettings, server_policy
+from gar_tools.tools import get_tool, tool_names
 
 pytestmark = pytest.mark.anyio
 
@@ -86,7 +86,7 @@ def _check_result(result, tool) -> dict:
     assert not result.is_error, result.content
     structured = result.structured_content
     jsonschema.validate(structured, tool.output_schema)
-    RESULT_MODELS[tool.name].model_validate(structured)
+    get_tool(tool.name).result_model.model_validate(structured)
     assert json.loads(result.content[0].text) == structured
     assert structured["tiny_model"] is True
     assert any(block.type == "text" and block.text == TINY_MODEL_NOTE for block in result.content)
@@ -96,12 +96,12 @@ def _check_result(result, tool) -> dict:
 async def test_list_tools_has_schemas_and_llm_descriptions(server, allowed_dir):
     async with Client(server) as client:
         tools = await _tools(client)
-    assert set(tools) == set(TOOL_NAMES)
+    assert set(tools) == set(tool_names())
     for name, tool in tools.items():
-        reference = _inline_refs(REQUEST_MODELS[name].model_json_schema())
+        reference = _inline_refs(get_tool(name).request_model.model_json_schema())
         assert _inline_refs(tool.input_schema)["properties"] == reference["properties"]
         assert sorted(tool.input_schema["required"]) == sorted(reference["required"])
-        assert set(tool.output_schema["properties"]) == set(RESULT_MODELS[name].model_fields) - {"overlay_png"}
+        assert set(tool.output_schema["properties"]) == set(get_tool(name).result_model.model_fields) - {"overlay_png"}
         assert tool.annotations.read_only_hint is True
         assert tool.annotations.open_world_hint is False
         for phrase in ("mask", "rle", "polygon", "box", "approximation", str(allowed_dir), "no URLs", "tiny_model"):
@@ -208,10 +208,12 @@ async def test_resources_and_prompt_help_a_client(server):
         assert base64.b64decode(blob).startswith(PNG_MAGIC)
         prompt = await client.get_prompt("gar_tour")
         assert "describe_region" in prompt.messages[0].content.text
-        # the example call really works
-        call = examples[0]["example_call"]
-        result = await client.call_tool(call["tool"], {**call["arguments"], "max_new_tokens": 2})
-        assert not result.is_error
+        # every example call really works, and there is one for each tool
+        calls = [call for example in examples for call in example["example_calls"]]
+        assert sorted(call["tool"] for call in calls) == sorted(tool_names())
+        for call in calls:
+            result = await client.call_tool(call["tool"], {**call["arguments"], "max_new_tokens": 2})
+            assert not result.is_error
 
 
 def test_http_app_without_token_is_not_wrapped(settings):
@@ -233,7 +235,7 @@ async def test_stdio_transport_through_a_subprocess(tmp_path):
                 "describe_region", {"image": IMAGE1, "region": {"mask": MASK1}, "max_new_tokens": 3}
             )
             bad = await client.call_tool("describe_region", {"image": IMAGE1, "region": {"box": [0, 0, 0, 0]}})
-    assert set(tools) == set(TOOL_NAMES)
+    assert set(tools) == set(tool_names())
     assert _check_result(result, tools["describe_region"])["timings"]["tokens_generated"] <= 3
     assert bad.is_error and "x2 > x1" in bad.content[0].text
 

@@ -21,6 +21,7 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 import torchvision  # noqa: E402
+
 from gar_tools.kernels.roi_replay import (  # noqa: E402
     BINS,
     GEOMETRIES,

@@ -18,7 +18,6 @@ import sys
 
 import anyio
 import httpx
-from gar_tools.servers.common import server_policy
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from PIL import Image
@@ -28,6 +27,7 @@ from server_helpers import cli_server as run_cli_server
 from gar_tools.engine import HttpEngine, LocalEngine, make_engine
 from gar_tools.errors import EngineError, GarToolsError, ImageError, InputError, RegionError
 from gar_tools.results import DescribeRegionResult, ModelInfo
+from gar_tools.servers.settings import server_policy
 from gar_tools.toolkit import GarToolkit
 
 pytestmark = pytest.mark.anyio

@@ -1,4 +1,4 @@
-"""LangChain adapter: the three GAR tools as LangChain ``BaseTool`` s (``pip install 'gar-tools[langchain]'``).
+"""LangChain adapter: the GAR tools as LangChain ``BaseTool`` s (``pip install 'gar-tools[langchain]'``).
 
 >>> from gar_tools.adapters.langchain import GarLangChainToolkit
 >>> tools = GarLangChainToolkit.from_model("tiny").get_tools()  # tiny: random weights, meaningless text
@@ -21,13 +21,13 @@ from langchain_core.callbacks import AsyncCallbackManagerForToolRun, CallbackMan
 from langchain_core.tools import BaseTool, BaseToolkit, ToolException
 from pydantic import ConfigDict, Field, ValidationError
 
-from gar_tools.adapters.common import TOOL_TITLES, engine_policy, result_text, tool_description
-from gar_tools.engine.base import REQUEST_MODELS, TOOL_NAMES, ToolName
+from gar_tools.adapters.common import result_text, tool_description
 from gar_tools.errors import GarToolsError
 from gar_tools.images import ImagePolicy
 from gar_tools.inputs import validation_error_to_input_error
 from gar_tools.results import ToolResult
 from gar_tools.toolkit import GarToolkit
+from gar_tools.tools import ToolName, tools
 
 __all__ = ["GarLangChainTool", "GarLangChainToolkit", "format_validation_error"]
 
@@ -38,7 +38,7 @@ def format_validation_error(exc: ValidationError) -> str:
 
 
 class GarLangChainTool(BaseTool):
-    """One GAR tool (``describe_region``, ``compare_regions`` or ``answer_about_regions``) over a toolkit."""
+    """One registered GAR tool (e.g. ``describe_region``) over a toolkit."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
@@ -69,7 +69,7 @@ class GarLangChainTool(BaseTool):
 
 
 class GarLangChainToolkit(BaseToolkit):
-    """The three GAR tools for LangChain.
+    """Every registered GAR tool for LangChain.
 
     Args:
         toolkit: the :class:`~gar_tools.toolkit.GarToolkit` that runs the calls (its engine may be local or a
@@ -90,17 +90,16 @@ class GarLangChainToolkit(BaseToolkit):
         return cls(toolkit=GarToolkit(model, policy=policy, **engine_kwargs))
 
     def get_tools(self) -> list[BaseTool]:
-        """``describe_region``, ``compare_regions``, ``answer_about_regions`` as ``BaseTool`` s."""
-        policy = engine_policy(self.toolkit.engine)
+        """Every registered tool (``describe_region``, ``compare_regions``, …) as a ``BaseTool``."""
         return [
             GarLangChainTool(
-                name=tool,
-                description=tool_description(tool, policy),
-                args_schema=REQUEST_MODELS[tool],
-                gar_tool=tool,
+                name=spec.name,
+                description=tool_description(spec.name, self.toolkit.engine.policy),
+                args_schema=spec.request_model,
+                gar_tool=spec.name,
                 toolkit=self.toolkit,
                 handle_tool_error=self.handle_tool_error,
-                metadata={"title": TOOL_TITLES[tool]},
+                metadata={"title": spec.title},
             )
-            for tool in TOOL_NAMES
+            for spec in tools()
         ]

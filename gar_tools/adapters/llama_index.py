@@ -1,4 +1,4 @@
-"""LlamaIndex adapter: the three GAR tools as a ``BaseToolSpec`` (``pip install 'gar-tools[llama-index]'``).
+"""LlamaIndex adapter: the GAR tools as a ``BaseToolSpec`` (``pip install 'gar-tools[llama-index]'``).
 
 >>> from gar_tools.adapters.llama_index import GarToolSpec
 >>> tools = GarToolSpec.from_model("tiny").to_tool_list()  # tiny: random weights, meaningless text
@@ -21,21 +21,22 @@ from llama_index.core.tools import FunctionTool, ToolMetadata, ToolOutput
 from llama_index.core.tools.tool_spec.base import SPEC_FUNCTION_TYPE, BaseToolSpec
 from pydantic import BaseModel
 
-from gar_tools.adapters.common import engine_policy, result_text, tool_description
-from gar_tools.engine.base import REQUEST_MODELS, TOOL_NAMES, ToolName
+from gar_tools.adapters.common import result_text, tool_description
 from gar_tools.errors import GarToolsError
 from gar_tools.images import ImagePolicy
-from gar_tools.results import AnswerAboutRegionsResult, CompareRegionsResult, DescribeRegionResult, ToolResult
+from gar_tools.results import ToolResult
 from gar_tools.toolkit import GarToolkit
+from gar_tools.tools import ToolName, get_tool, tool_names
 
 __all__ = ["GarFunctionTool", "GarToolSpec"]
 
 
 def _tool_name(fn_name: str) -> ToolName:
-    name = fn_name.removeprefix("a") if fn_name.removeprefix("a") in TOOL_NAMES else fn_name
-    if name not in TOOL_NAMES:
-        raise ValueError(f"{fn_name!r} is not a GAR tool function; use one of {', '.join(TOOL_NAMES)}")
-    return name  # type: ignore[return-value]
+    """The tool behind a spec function name: the tool's own name (sync) or ``a`` + it (async)."""
+    name = fn_name[1:] if fn_name.startswith("a") and fn_name[1:] in tool_names() else fn_name
+    if name not in tool_names():
+        raise ValueError(f"{fn_name!r} is not a GAR tool function; use one of {', '.join(tool_names())}")
+    return name
 
 
 class GarFunctionTool(FunctionTool):
@@ -82,65 +83,61 @@ class GarFunctionTool(FunctionTool):
 
 
 class GarToolSpec(BaseToolSpec):
-    """The three GAR tools for LlamaIndex.
+    """Every registered GAR tool for LlamaIndex.
+
+    Each tool ``name`` is a spec function of that name (sync) and ``a`` + name (async), taking the tool's request
+    fields as keyword arguments.
 
     Args:
         toolkit: the :class:`~gar_tools.toolkit.GarToolkit` that runs the calls (local engine or a worker).
     """
 
-    spec_functions: list[SPEC_FUNCTION_TYPE] = [
-        ("describe_region", "adescribe_region"),
-        ("compare_regions", "acompare_regions"),
-        ("answer_about_regions", "aanswer_about_regions"),
-    ]
-
     def __init__(self, toolkit: GarToolkit) -> None:
         self.toolkit = toolkit
+
+    @property
+    def spec_functions(self) -> list[SPEC_FUNCTION_TYPE]:  # type: ignore[override]
+        """``(name, "a" + name)`` for every registered tool."""
+        return [(name, f"a{name}") for name in tool_names()]
 
     @classmethod
     def from_model(cls, model: str = "tiny", *, policy: ImagePolicy | None = None, **engine_kwargs: Any) -> GarToolSpec:
         """A spec over a local engine of ``model`` (``"tiny"``: random weights, meaningless text)."""
         return cls(GarToolkit(model, policy=policy, **engine_kwargs))
 
-    # --- the spec functions (keyword arguments are the request model's fields) -----------------------------------
-    def describe_region(self, **kwargs: Any) -> DescribeRegionResult:
-        """Describe one region of an image in detail."""
-        return self.toolkit.describe_region(kwargs)
+    def __getattr__(self, fn_name: str) -> Any:
+        """The spec function ``fn_name``: the toolkit's method of the same name, with keyword arguments only."""
+        try:
+            tool = _tool_name(fn_name)
+        except ValueError:
+            raise AttributeError(f"{type(self).__name__!r} has no attribute {fn_name!r}") from None
+        if fn_name == tool:
 
-    async def adescribe_region(self, **kwargs: Any) -> DescribeRegionResult:
-        """Describe one region of an image in detail."""
-        return await self.toolkit.adescribe_region(kwargs)
+            def run(**kwargs: Any) -> ToolResult:
+                return self.toolkit.run(tool, kwargs)
 
-    def compare_regions(self, **kwargs: Any) -> CompareRegionsResult:
-        """Describe 2-5 regions of an image and how they relate."""
-        return self.toolkit.compare_regions(kwargs)
+        else:
 
-    async def acompare_regions(self, **kwargs: Any) -> CompareRegionsResult:
-        """Describe 2-5 regions of an image and how they relate."""
-        return await self.toolkit.acompare_regions(kwargs)
+            async def run(**kwargs: Any) -> ToolResult:  # type: ignore[misc]
+                return await self.toolkit.arun(tool, kwargs)
 
-    def answer_about_regions(self, **kwargs: Any) -> AnswerAboutRegionsResult:
-        """Answer a question about 1-5 regions of an image."""
-        return self.toolkit.answer_about_regions(kwargs)
-
-    async def aanswer_about_regions(self, **kwargs: Any) -> AnswerAboutRegionsResult:
-        """Answer a question about 1-5 regions of an image."""
-        return await self.toolkit.aanswer_about_regions(kwargs)
+        run.__name__, run.__doc__ = fn_name, get_tool(tool).title
+        return run
 
     # --- metadata ------------------------------------------------------------------------------------------------
     def get_fn_schema_from_fn_name(
         self, fn_name: str, spec_functions: list[SPEC_FUNCTION_TYPE] | None = None
     ) -> type[BaseModel] | None:
         """The request model of the tool ``fn_name`` (sync or ``a``-prefixed async name)."""
-        return REQUEST_MODELS[_tool_name(fn_name)]
+        return get_tool(_tool_name(fn_name)).request_model
 
     def get_metadata_from_fn_name(
         self, fn_name: str, spec_functions: list[SPEC_FUNCTION_TYPE] | None = None
     ) -> ToolMetadata | None:
         """Name, LLM-facing description and ``fn_schema`` of the tool ``fn_name``."""
-        tool = _tool_name(fn_name)
-        policy = engine_policy(self.toolkit.engine)
-        return ToolMetadata(name=tool, description=tool_description(tool, policy), fn_schema=REQUEST_MODELS[tool])
+        spec = get_tool(_tool_name(fn_name))
+        description = tool_description(spec.name, self.toolkit.engine.policy)
+        return ToolMetadata(name=spec.name, description=description, fn_schema=spec.request_model)
 
     def to_tool_list(
         self,

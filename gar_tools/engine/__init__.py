@@ -1,30 +1,31 @@
-"""Who runs requests: ``local`` (the model in this process), ``http`` (a client of a remote worker).
+"""Who runs requests: ``local`` (the model in this process) or ``http`` (a client of a remote worker).
 
-:func:`make_engine` builds one from a spec string, as the ``--engine`` option of ``gar-tools serve`` takes it.
+:func:`make_engine` builds one from a spec string, as the ``--engine`` option of ``gar-tools serve`` takes it, and
+imports an engine's module only when it builds one: a front-end with an http engine never imports torch.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from gar_tools.engine.base import REQUEST_MODELS, RESULT_MODELS, TOOL_NAMES, Engine, Progress, ToolName, ToolRequest
-from gar_tools.engine.http import HttpEngine
-from gar_tools.engine.local import LocalEngine
+from gar_tools.engine.base import Engine, Progress
 from gar_tools.errors import InputError
 from gar_tools.images import ImagePolicy
 
-__all__ = [
-    "Engine",
-    "HttpEngine",
-    "LocalEngine",
-    "Progress",
-    "REQUEST_MODELS",
-    "RESULT_MODELS",
-    "TOOL_NAMES",
-    "ToolName",
-    "ToolRequest",
-    "make_engine",
-]
+if TYPE_CHECKING:
+    from gar_tools.engine.http import HttpEngine
+    from gar_tools.engine.local import LocalEngine
+
+__all__ = ["Engine", "HttpEngine", "LocalEngine", "Progress", "make_engine"]
+
+_LAZY = {"HttpEngine": "gar_tools.engine.http", "LocalEngine": "gar_tools.engine.local"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'gar_tools.engine' has no attribute {name!r}")
 
 
 def make_engine(
@@ -52,9 +53,11 @@ def make_engine(
     """
     text = spec.strip()
     if text.lower() == "local":
+        from gar_tools.engine.local import LocalEngine
+
         return LocalEngine(model, policy=policy, **local_kwargs)
     if text.lower().startswith(("http://", "https://")):
+        from gar_tools.engine.http import HttpEngine
+
         return HttpEngine(text, token=token, policy=policy, timeout_s=timeout_s)
-    raise InputError(
-        f"engine must be 'local' or a worker URL such as http://127.0.0.1:8001, got {spec!r}", field="engine"
-    )
+    raise InputError(f"must be 'local' or a worker URL such as http://127.0.0.1:8001, got {spec!r}", field="engine")

@@ -1,59 +1,47 @@
 """The engine interface: who runs a tool request.
 
 The toolkit validates a request once and hands it to an engine. ``LocalEngine`` runs the model in this process;
-``HttpEngine`` sends the same request models as JSON to a worker that runs a ``LocalEngine``. Every engine
-answers the three tools with the same result models.
+``HttpEngine`` sends the same request models as JSON to a worker that runs a ``LocalEngine``. Every engine answers
+every registered tool (:mod:`gar_tools.tools`) with the same result models. Servers and adapters use only what
+this interface declares.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
-from typing import Literal, TypeAlias
+from typing import TypeAlias
 
-from gar_tools.inputs import AnswerAboutRegionsRequest, CompareRegionsRequest, DescribeRegionRequest
-from gar_tools.results import AnswerAboutRegionsResult, CompareRegionsResult, DescribeRegionResult, ModelInfo
+from gar_tools.images import ImagePolicy
+from gar_tools.inputs import ToolRequest
+from gar_tools.results import ModelInfo, ToolResult
+from gar_tools.tools import ToolName
 
-__all__ = [
-    "Engine",
-    "ToolName",
-    "TOOL_NAMES",
-    "ToolRequest",
-    "ToolResultModel",
-    "Progress",
-    "REQUEST_MODELS",
-    "RESULT_MODELS",
-]
+__all__ = ["Engine", "Progress"]
 
-ToolName = Literal["describe_region", "compare_regions", "answer_about_regions"]
-TOOL_NAMES: tuple[ToolName, ...] = ("describe_region", "compare_regions", "answer_about_regions")
-ToolRequest: TypeAlias = DescribeRegionRequest | CompareRegionsRequest | AnswerAboutRegionsRequest
-ToolResultModel: TypeAlias = DescribeRegionResult | CompareRegionsResult | AnswerAboutRegionsResult
 #: ``await progress(tokens_done, tokens_max, message)`` while a request generates.
 Progress: TypeAlias = Callable[[float, float | None, str | None], Awaitable[None]]
 
-REQUEST_MODELS: dict[ToolName, type[ToolRequest]] = {
-    "describe_region": DescribeRegionRequest,
-    "compare_regions": CompareRegionsRequest,
-    "answer_about_regions": AnswerAboutRegionsRequest,
-}
-RESULT_MODELS: dict[ToolName, type[ToolResultModel]] = {
-    "describe_region": DescribeRegionResult,
-    "compare_regions": CompareRegionsResult,
-    "answer_about_regions": AnswerAboutRegionsResult,
-}
-
 
 class Engine(ABC):
-    """Runs validated tool requests. Implementations must be safe to call concurrently from one event loop."""
+    """Runs validated tool requests. Implementations must be safe to call concurrently from one event loop.
+
+    Attributes:
+        policy: what images and masks this engine reads (allowed folders, URLs, size limits).
+    """
+
+    policy: ImagePolicy
 
     @abstractmethod
-    async def run(self, tool: ToolName, request: ToolRequest, progress: Progress | None = None) -> ToolResultModel:
+    async def run(self, tool: ToolName, request: ToolRequest, progress: Progress | None = None) -> ToolResult:
         """Run ``tool`` on ``request`` (already a validated request model) and return its result model."""
 
     @abstractmethod
     async def info(self) -> ModelInfo:
         """Which model this engine serves."""
 
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Get ready to serve (a local engine loads its model); returns when ready. Never blocks the loop."""
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook
-        """Release resources (threads, connections, GPU memory)."""
+        """Release resources (threads, connections, GPU memory). Never blocks the loop."""

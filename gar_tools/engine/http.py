@@ -19,7 +19,7 @@ import weakref
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from gar_tools.engine.base import RESULT_MODELS, Engine, Progress, ToolName, ToolRequest, ToolResultModel
+from gar_tools.engine.base import Engine, Progress
 from gar_tools.errors import (
     CheckpointError,
     EngineError,
@@ -29,9 +29,10 @@ from gar_tools.errors import (
     RegionError,
 )
 from gar_tools.images import ImagePolicy, read_source_bytes
-from gar_tools.inputs import DescribeRegionRequest
+from gar_tools.inputs import ToolRequest
 from gar_tools.regions import mask_read_error
-from gar_tools.results import ModelInfo
+from gar_tools.results import ModelInfo, ToolResult
+from gar_tools.tools import ToolName, get_tool
 
 if TYPE_CHECKING:
     import httpx
@@ -56,8 +57,13 @@ _MIME_MAGIC: tuple[tuple[bytes, str], ...] = (
 
 
 def error_payload(exc: GarToolsError) -> dict[str, Any]:
-    """The worker's JSON body for an error: ``{"error": {"type", "message", "field"}}`` (message as ``str(exc)``)."""
-    return {"error": {"type": type(exc).__name__, "message": str(exc), "field": getattr(exc, "field", None)}}
+    """The worker's JSON body for an error: ``{"error": {"type", "message", "field", "reason"}}``.
+
+    ``message`` is ``str(exc)`` (``field: reason`` for input errors); ``field`` and ``reason`` are null for errors
+    that are not about a field of the request.
+    """
+    field, reason = (exc.field, exc.reason) if isinstance(exc, InputError) else (None, str(exc))
+    return {"error": {"type": type(exc).__name__, "message": str(exc), "field": field, "reason": reason}}
 
 
 def error_from_payload(payload: Any, *, status: int | None = None, url: str = "") -> GarToolsError:
@@ -74,10 +80,10 @@ def error_from_payload(payload: Any, *, status: int | None = None, url: str = ""
     if cls is None:
         return EngineError(f"the GAR worker at {url} failed: {message}")
     if issubclass(cls, InputError):
-        exc: GarToolsError = cls(message)  # no field prefix: the message already is str() of the original
-        field = error.get("field")
-        exc.field = field if isinstance(field, str) else None  # type: ignore[attr-defined]
-        return exc
+        field, reason = error.get("field"), error.get("reason")
+        if not isinstance(reason, str):  # a worker that sends no reason: the message is all there is
+            field, reason = None, message
+        return cls(reason, field=field if isinstance(field, str) else None)
     return cls(message)
 
 
@@ -91,19 +97,18 @@ def _data_uri(data: bytes) -> str:
     return f"data:{mime or 'application/octet-stream'};base64,{base64.b64encode(data).decode('ascii')}"
 
 
-def inline_request(request: ToolRequest, policy: ImagePolicy) -> dict[str, Any]:
+def inline_request(tool: ToolName, request: ToolRequest, policy: ImagePolicy) -> dict[str, Any]:
     """The request as JSON-ready data with the image and every mask inlined as a ``data:`` URI.
 
     Sources are read under ``policy`` (allowed folders, URL permission, size limits) exactly as the local engine
     would read them, and errors name the same fields. Blocking (file and network I/O): run it off the event loop.
     """
+    spec = get_tool(tool)
     data = request.model_dump(mode="json", exclude_none=True)
     data["image"] = _data_uri(read_source_bytes(request.image, policy, field="image"))
-    if isinstance(request, DescribeRegionRequest):
-        regions, items, names = [request.region], [data["region"]], ["region"]
-    else:
-        regions, items = list(request.regions), data["regions"]
-        names = [f"regions[{i}]" for i in range(len(regions))]
+    regions = spec.regions(request)
+    items = [data[spec.regions_field]] if spec.single_region else data[spec.regions_field]
+    names = [spec.region_field(i) for i in range(len(regions))]
     for index, (region, item, name) in enumerate(zip(regions, items, names, strict=True)):
         if region.mask is None:
             continue
@@ -189,14 +194,15 @@ class HttpEngine(Engine):
         raise error_from_payload(payload, status=status, url=self.url)
 
     # --- Engine --------------------------------------------------------------------------------------------------
-    async def run(self, tool: ToolName, request: ToolRequest, progress: Progress | None = None) -> ToolResultModel:
-        body = await asyncio.to_thread(inline_request, request, self.policy)
+    async def run(self, tool: ToolName, request: ToolRequest, progress: Progress | None = None) -> ToolResult:
+        result_model = get_tool(tool).result_model
+        body = await asyncio.to_thread(inline_request, tool, request, self.policy)
         if progress is None:
             payload = await self._post(f"/v1/{tool}", body)
         else:
             payload = await self._post_streaming(f"/v1/{tool}/stream", body, progress)
         try:
-            return RESULT_MODELS[tool].model_validate(payload)
+            return result_model.model_validate(payload)
         except ValueError as exc:
             raise EngineError(f"the GAR worker at {self.url} sent a malformed {tool} result: {exc}") from exc
 

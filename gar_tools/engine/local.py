@@ -16,21 +16,15 @@ from typing import Any
 
 from PIL import Image
 
-from gar_tools.engine.base import RESULT_MODELS, Engine, Progress, ToolName, ToolRequest, ToolResultModel
+from gar_tools.engine.base import Engine, Progress
 from gar_tools.images import ImagePolicy, load_image
-from gar_tools.inputs import AnswerAboutRegionsRequest, CompareRegionsRequest, DescribeRegionRequest
+from gar_tools.inputs import ToolRequest
 from gar_tools.model.modeling import Geometry
 from gar_tools.model.pipeline import GarPipeline, Generation, load
-from gar_tools.prompts import (
-    SINGLE_REGION_PROMPT_INDEX,
-    map_region_references,
-    multiple_choice_question,
-    parse_choice,
-    prompt_token,
-    relationship_question,
-)
-from gar_tools.regions import DecodedRegion, decode_region, decode_regions, draw_overlay, encode_png_base64
-from gar_tools.results import ModelInfo, RegionInfo, Timings
+from gar_tools.model.prompts import SINGLE_REGION_PROMPT_INDEX, prompt_token
+from gar_tools.regions import DecodedRegion, decode_regions, draw_overlay, encode_png_base64
+from gar_tools.results import ModelInfo, RegionInfo, Timings, ToolResult
+from gar_tools.tools import ToolName, ToolSpec, get_tool
 
 __all__ = ["LocalEngine", "Job", "build_job"]
 
@@ -39,47 +33,39 @@ __all__ = ["LocalEngine", "Job", "build_job"]
 class Job:
     """A decoded request, ready for the model."""
 
-    tool: ToolName
+    spec: ToolSpec
+    request: ToolRequest
     image: Image.Image
     regions: list[DecodedRegion]
-    question: str | None  # None: single-region describe prompt
+    question: str | None  # None: the single-region describe prompt
     prompt_indices: list[int]
-    max_new_tokens: int
-    overlay: bool
-    choices: int = 0
     load_ms: float = 0.0
 
 
 def build_job(tool: ToolName, request: ToolRequest, policy: ImagePolicy) -> Job:
     """Read the image and regions and build the question text; every user error is raised here, with its field."""
     start = time.perf_counter()
+    spec = get_tool(tool)
     image = load_image(request.image, policy, field="image")
-    if isinstance(request, DescribeRegionRequest):
-        regions = [decode_region(request.region, image.size, index=0, policy=policy, field="region")]
-        question, indices, choices = None, [SINGLE_REGION_PROMPT_INDEX], 0
-    elif isinstance(request, CompareRegionsRequest):
-        regions = decode_regions(request.regions, image.size, policy=policy, min_count=2)
-        question = relationship_question(len(regions), request.focus)
-        indices, choices = list(range(len(regions))), 0
-    elif isinstance(request, AnswerAboutRegionsRequest):
-        regions = decode_regions(request.regions, image.size, policy=policy, min_count=1)
-        ids = [r.id for r in regions]
-        texts = [request.question, *(request.choices or [])]
-        fields = ["question", *(f"choices[{i}]" for i in range(len(request.choices or [])))]
-        mapped = map_region_references(texts, ids, fields=fields, require_all=True)
-        question = multiple_choice_question(mapped[0], mapped[1:]) if request.choices else mapped[0]
-        indices, choices = list(range(len(regions))), len(request.choices or [])
-    else:  # pragma: no cover - the toolkit only passes the three request models
-        raise TypeError(f"unknown request type {type(request).__name__}")
+    given = spec.regions(request)
+    regions = decode_regions(
+        given,
+        image.size,
+        policy=policy,
+        field=spec.regions_field,
+        fields=[spec.region_field(i) for i in range(len(given))],
+        min_count=spec.min_regions,
+        max_count=spec.max_regions,
+    )
+    question = spec.question(request, [r.id for r in regions])
+    indices = [SINGLE_REGION_PROMPT_INDEX] if question is None else list(range(len(regions)))
     return Job(
-        tool=tool,
+        spec=spec,
+        request=request,
         image=image,
         regions=regions,
         question=question,
         prompt_indices=indices,
-        max_new_tokens=request.max_new_tokens,
-        overlay=request.overlay,
-        choices=choices,
         load_ms=(time.perf_counter() - start) * 1000,
     )
 
@@ -137,8 +123,8 @@ class LocalEngine(Engine):
                     self._pipeline = load(self.model_name, **self._load_args)  # type: ignore[arg-type]
         return self._pipeline
 
-    async def load(self) -> None:
-        """Load the model now, on the model thread."""
+    async def start(self) -> None:
+        """Load the model now, on the model thread (the event loop keeps running)."""
         await asyncio.get_running_loop().run_in_executor(self._executor, lambda: self.pipeline)
 
     async def info(self) -> ModelInfo:
@@ -163,40 +149,40 @@ class LocalEngine(Engine):
         pipeline = self.pipeline
         load_ms = 0.0 if loaded_before else (time.perf_counter() - started) * 1000
         prepared = pipeline.prepare(job.image, [r.mask for r in job.regions], job.question)
-        return pipeline.generate(prepared, max_new_tokens=job.max_new_tokens, streamer=streamer), load_ms
+        return pipeline.generate(prepared, max_new_tokens=job.request.max_new_tokens, streamer=streamer), load_ms
 
-    async def run(self, tool: ToolName, request: ToolRequest, progress: Progress | None = None) -> ToolResultModel:
+    async def run(self, tool: ToolName, request: ToolRequest, progress: Progress | None = None) -> ToolResult:
         loop = asyncio.get_running_loop()
         job = await asyncio.to_thread(build_job, tool, request, self.policy)
-        streamer = _TokenCounter(loop, progress, job.max_new_tokens) if progress is not None else None
+        max_new_tokens = request.max_new_tokens
+        streamer = _TokenCounter(loop, progress, max_new_tokens) if progress is not None else None
         generation, model_load_ms = await loop.run_in_executor(self._executor, self._generate, job, streamer)
         overlay = None
-        if job.overlay:
+        if request.overlay:
             png = await asyncio.to_thread(draw_overlay, job.image, job.regions)
             overlay = encode_png_base64(png)
         pipeline = self.pipeline
-        fields: dict[str, Any] = {
-            "text": generation.text,
-            "regions": [
+        return job.spec.result_model(
+            text=generation.text,
+            regions=[
                 RegionInfo(id=r.id, prompt=prompt_token(k), box=list(r.box), area=r.area)
                 for r, k in zip(job.regions, job.prompt_indices, strict=True)
             ],
-            "model": pipeline.name,
-            "tiny_model": pipeline.is_tiny,
-            "timings": Timings(
+            model=pipeline.name,
+            tiny_model=pipeline.is_tiny,
+            timings=Timings(
                 load_ms=job.load_ms + model_load_ms,
                 encode_ms=generation.encode_ms,
                 generate_ms=generation.generate_ms,
                 tokens_generated=len(generation.token_ids),
             ),
-            "overlay_png": overlay,
-        }
-        if tool == "answer_about_regions":
-            fields["choice"] = parse_choice(generation.text, job.choices) if job.choices else None
-        return RESULT_MODELS[tool](**fields)
+            overlay_png=overlay,
+            **job.spec.finish(request, generation.text),
+        )
 
     async def aclose(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        """Stop the model thread once its current step is done, without blocking the event loop."""
+        await asyncio.to_thread(self.close)
 
     def close(self) -> None:
         """Synchronous :meth:`aclose`."""

@@ -20,10 +20,9 @@ from gar_tools.model.modeling import GarModel, Geometry
 from gar_tools.model.processing import GarProcessor, PreparedInputs
 from gar_tools.model.tiny import TINY_NAME, tiny_checkpoint_path
 
-__all__ = ["GarPipeline", "Generation", "load", "DTYPES", "TINY_NOTICE"]
+__all__ = ["GarPipeline", "Generation", "load", "DTYPES"]
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-TINY_NOTICE = "note: model 'tiny' has random weights; its text is meaningless (it exists to test the pipeline)."
 
 
 @dataclass

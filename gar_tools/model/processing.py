@@ -26,7 +26,7 @@ from transformers.image_utils import PILImageResampling
 from gar_tools.errors import CheckpointError, InputError, RegionError
 from gar_tools.model.config import GarConfig
 from gar_tools.model.modeling import TOKENS_PER_TILE
-from gar_tools.prompts import SINGLE_REGION_PROMPT_INDEX, multi_region_text, single_region_text
+from gar_tools.model.prompts import SINGLE_REGION_PROMPT_INDEX, multi_region_text, single_region_text
 
 __all__ = [
     "GarProcessor",

@@ -1,0 +1,228 @@
+"""The tool registry: one :class:`ToolSpec` per tool, and the built-in tools.
+
+Everything that offers tools — :class:`~gar_tools.toolkit.GarToolkit`, the engines, the MCP server, the worker, the
+LangChain and LlamaIndex adapters and the CLI — iterates over this registry; none keeps its own list.
+
+To add a tool:
+
+1. write its request model (a :class:`~gar_tools.inputs.ToolRequest` subclass with a ``region`` or ``regions``
+   field) and its result model (a :class:`~gar_tools.results.ToolResult` subclass);
+2. write ``question(request, region_ids)``, the question text naming regions as ``<PromptK>`` (``None`` for the
+   single-region describe prompt), and, if the result has extra fields, ``finish(request, text)``;
+3. ``register_tool(ToolSpec(...))``. Every surface serves it from then on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+from gar_tools.errors import InputError
+from gar_tools.inputs import (
+    MAX_REGIONS,
+    AnswerAboutRegionsRequest,
+    CompareRegionsRequest,
+    DescribeRegionRequest,
+    Region,
+    ToolRequest,
+)
+from gar_tools.model.prompts import multiple_choice_question
+from gar_tools.prompts import compare_question, map_region_references, parse_choice
+from gar_tools.results import AnswerAboutRegionsResult, CompareRegionsResult, DescribeRegionResult, ToolResult
+
+__all__ = [
+    "ToolName",
+    "ToolSpec",
+    "get_tool",
+    "register_tool",
+    "tool_names",
+    "tools",
+    "unregister_tool",
+]
+
+ToolName: TypeAlias = str
+"""A registered tool's name, e.g. ``"describe_region"``."""
+
+REGION_FORMATS_SENTENCE = (
+    "A region is one of: mask (PNG the image's size, non-zero = inside; most precise), rle (COCO run-length), "
+    "polygon (pixel coordinates), or box [x1, y1, x2, y2] in pixels (filled rectangle, only an approximation)."
+)
+
+
+def _no_extra_fields(request: Any, text: str) -> dict[str, Any]:
+    return {}
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """Everything every surface needs to know about one tool.
+
+    Attributes:
+        name: the tool's name (MCP tool name, worker route ``/v1/{name}``, LangChain/LlamaIndex tool name).
+        title: a short human-readable title.
+        description: what the tool does, written for an LLM choosing a tool (servers append what images they read).
+        request_model: the pydantic request model (its JSON schema is the tool's input schema).
+        result_model: the pydantic result model (its JSON schema, less ``overlay_png``, the output schema).
+        question: ``(validated request, region ids) -> question`` naming regions as ``<PromptK>``, or None for
+            the checkpoint's single-region describe prompt. Raises :class:`InputError` naming the field.
+        finish: ``(validated request, generated text) -> extra result fields`` (e.g. the parsed ``choice``).
+        regions_field: the request field holding the regions: ``"region"`` (one :class:`Region`) or
+            ``"regions"`` (a list).
+        min_regions, max_regions: how many regions the tool takes.
+        cli_command: the ``gar-tools`` subcommand (default: the tool's name).
+        cli_positionals: request fields the CLI takes as positional arguments after the image.
+        cli_flags: CLI flag names for request fields where ``--{field}`` is not the natural spelling.
+        read_only, idempotent: MCP tool annotations (``readOnlyHint``, ``idempotentHint``).
+    """
+
+    name: ToolName
+    title: str
+    description: str
+    request_model: type[ToolRequest]
+    result_model: type[ToolResult]
+    question: Callable[[Any, Sequence[str]], str | None]
+    finish: Callable[[Any, str], dict[str, Any]] = _no_extra_fields
+    regions_field: str = "regions"
+    min_regions: int = 1
+    max_regions: int = MAX_REGIONS
+    cli_command: str | None = None
+    cli_positionals: tuple[str, ...] = ()
+    cli_flags: dict[str, str] = field(default_factory=dict)
+    read_only: bool = True
+    idempotent: bool = True
+
+    @property
+    def single_region(self) -> bool:
+        """Whether :attr:`regions_field` holds one region rather than a list."""
+        return self.regions_field == "region"
+
+    def regions(self, request: ToolRequest) -> list[Region]:
+        """The request's regions as a list, in order."""
+        value = getattr(request, self.regions_field)
+        return [value] if self.single_region else list(value)
+
+    def region_field(self, index: int) -> str:
+        """The field path of region ``index`` in errors: ``region`` or ``regions[index]``."""
+        return self.regions_field if self.single_region else f"{self.regions_field}[{index}]"
+
+    @property
+    def annotations(self) -> dict[str, bool]:
+        """MCP tool annotations: reads the image, changes nothing, same call gives the same answer."""
+        return {
+            "readOnlyHint": self.read_only,
+            "destructiveHint": False,
+            "idempotentHint": self.idempotent,
+            "openWorldHint": False,
+        }
+
+
+_REGISTRY: dict[ToolName, ToolSpec] = {}
+
+
+def register_tool(spec: ToolSpec, *, replace: bool = False) -> ToolSpec:
+    """Add ``spec`` to the registry (``replace=True`` to redefine a tool of the same name)."""
+    if spec.name in _REGISTRY and not replace:
+        raise ValueError(f"a tool named {spec.name!r} is already registered")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def unregister_tool(name: ToolName) -> None:
+    """Remove a tool from the registry (no error if it is not there)."""
+    _REGISTRY.pop(name, None)
+
+
+def tools() -> tuple[ToolSpec, ...]:
+    """Every registered tool, in registration order."""
+    return tuple(_REGISTRY.values())
+
+
+def tool_names() -> tuple[ToolName, ...]:
+    """The names of every registered tool, in registration order."""
+    return tuple(_REGISTRY)
+
+
+def get_tool(name: str) -> ToolSpec:
+    """The spec of tool ``name``.
+
+    Raises:
+        InputError: naming field ``tool`` and the registered tools, for an unknown name.
+    """
+    spec = _REGISTRY.get(name)
+    if spec is None:
+        raise InputError(f"unknown tool {name!r}; use one of {', '.join(_REGISTRY)}", field="tool")
+    return spec
+
+
+# --- the built-in tools --------------------------------------------------------------------------------------------
+
+
+def _answer_question(request: AnswerAboutRegionsRequest, ids: Sequence[str]) -> str:
+    choices = request.choices or []
+    fields = ["question", *(f"choices[{i}]" for i in range(len(choices)))]
+    question, *options = map_region_references([request.question, *choices], ids, fields=fields, require_all=True)
+    return multiple_choice_question(question, options) if options else question
+
+
+def _answer_fields(request: AnswerAboutRegionsRequest, text: str) -> dict[str, Any]:
+    return {"choice": parse_choice(text, len(request.choices)) if request.choices else None}
+
+
+register_tool(
+    ToolSpec(
+        name="describe_region",
+        title="Describe an image region",
+        description=(
+            "Describe one region of an image in detail with GAR (Grasp Any Region), a region-level vision-language "
+            "model: what it is, its colour, material, shape, state or action, read in the context of the whole "
+            "image. Use it when you need to know about one specific object or area. Give the image and exactly one "
+            f"region. {REGION_FORMATS_SENTENCE} Returns the text and the region as understood (id, box, area). "
+            "overlay=true adds a picture of the image with the region outlined, to check it is where you meant."
+        ),
+        request_model=DescribeRegionRequest,
+        result_model=DescribeRegionResult,
+        question=lambda request, ids: None,
+        regions_field="region",
+        max_regions=1,
+        cli_command="describe",
+    )
+)
+register_tool(
+    ToolSpec(
+        name="compare_regions",
+        title="Compare image regions",
+        description=(
+            f"Describe 2 to {MAX_REGIONS} regions of one image and how they relate to or differ from each other "
+            "(appearance, position, interaction), with GAR (Grasp Any Region). The first region is the subject. "
+            "Optional focus, e.g. 'size' or 'what they are doing'. Give regions ids (e.g. 'dog') to tell them "
+            f"apart in the answer. At most {MAX_REGIONS} regions per call. {REGION_FORMATS_SENTENCE} overlay=true "
+            "adds a picture with each region outlined and labelled."
+        ),
+        request_model=CompareRegionsRequest,
+        result_model=CompareRegionsResult,
+        question=lambda request, ids: compare_question(len(ids), request.focus),
+        min_regions=2,
+        cli_command="compare",
+    )
+)
+register_tool(
+    ToolSpec(
+        name="answer_about_regions",
+        title="Answer a question about image regions",
+        description=(
+            f"Answer a question about 1 to {MAX_REGIONS} regions of one image with GAR (Grasp Any Region). Name "
+            "each region in the question by its id in angle brackets: 'What is <r0> holding?', 'Is <dog> bigger "
+            "than <cat>?' (ids default to r0, r1, ... in list order; every region must be named). For multiple "
+            "choice put the options in choices; the result's choice field holds the picked letter. "
+            + REGION_FORMATS_SENTENCE
+        ),
+        request_model=AnswerAboutRegionsRequest,
+        result_model=AnswerAboutRegionsResult,
+        question=_answer_question,
+        finish=_answer_fields,
+        cli_command="ask",
+        cli_positionals=("question",),
+        cli_flags={"choices": "--choice"},
+    )
+)
