@@ -5,9 +5,9 @@ The toolkit, engines and request/result models are imported lazily, so ``import 
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from gar_tools._lazy import lazy_getattr
 from gar_tools.errors import CheckpointError, EngineError, GarToolsError, ImageError, InputError, RegionError
 
 if TYPE_CHECKING:
@@ -56,7 +56,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'gar_tools' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

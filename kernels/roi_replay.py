@@ -63,6 +63,23 @@ def triton_available() -> bool:
 if triton is not None:
 
     @triton.jit
+    def _bilinear_taps(v, size_f, size):
+        """RoIAlign's two taps along one axis: ``(lo, hi, w_hi, w_lo)`` indices and weights for coordinates ``v``.
+
+        Samples more than one cell outside the map get zero weight; coordinates clamp at 0 and at the last cell.
+        """
+        ok = (v >= -1.0) & (v <= size_f)
+        v = tl.maximum(v, 0.0)
+        lo = v.to(tl.int32)
+        edge = lo >= size - 1
+        lo = tl.where(edge, size - 1, lo)
+        hi = tl.where(edge, size - 1, lo + 1)
+        v = tl.where(edge, lo.to(tl.float32), v)
+        w_hi = v - lo.to(tl.float32)
+        w_lo = 1.0 - w_hi
+        return tl.where(ok, lo, 0), tl.where(ok, hi, 0), tl.where(ok, w_hi, 0.0), tl.where(ok, w_lo, 0.0)
+
+    @triton.jit
     def _roi_replay_kernel(
         tiles_ptr,  # [T, 256, C] contiguous, fp32/fp16/bf16
         boxes_ptr,  # [R, 4] fp32, normalized (x1, y1, x2, y2)
@@ -97,39 +114,14 @@ if triton is not None:
 
         acc = tl.zeros([BLOCK_B, BLOCK_C], dtype=tl.float32)
         for iy in tl.static_range(2):
-            # y taps: invalid beyond one cell outside, clamp at 0 and at the last row
             y = start_y + ph * bin_h + (bin_h * (iy + 0.5)) * 0.5
-            y_ok = (y >= -1.0) & (y <= h_f)
-            y = tl.maximum(y, 0.0)
-            y_lo = y.to(tl.int32)
-            y_edge = y_lo >= H - 1
-            y_lo = tl.where(y_edge, H - 1, y_lo)
-            y_hi = tl.where(y_edge, H - 1, y_lo + 1)
-            y = tl.where(y_edge, y_lo.to(tl.float32), y)
-            ly = y - y_lo.to(tl.float32)
-            hy = 1.0 - ly
-            ly = tl.where(y_ok, ly, 0.0)
-            hy = tl.where(y_ok, hy, 0.0)
-            y_lo = tl.where(y_ok, y_lo, 0)
-            y_hi = tl.where(y_ok, y_hi, 0)
+            y_lo, y_hi, ly, hy = _bilinear_taps(y, h_f, H)
             # map row y -> tile row y // 16, row y % 16 inside the tile
             ry_lo = (y_lo // 16) * tile_row_stride + (y_lo % 16) * 16
             ry_hi = (y_hi // 16) * tile_row_stride + (y_hi % 16) * 16
             for ix in tl.static_range(2):
                 x = start_x + pw * bin_w + (bin_w * (ix + 0.5)) * 0.5
-                x_ok = (x >= -1.0) & (x <= w_f)
-                x = tl.maximum(x, 0.0)
-                x_lo = x.to(tl.int32)
-                x_edge = x_lo >= W - 1
-                x_lo = tl.where(x_edge, W - 1, x_lo)
-                x_hi = tl.where(x_edge, W - 1, x_lo + 1)
-                x = tl.where(x_edge, x_lo.to(tl.float32), x)
-                lx = x - x_lo.to(tl.float32)
-                hx = 1.0 - lx
-                lx = tl.where(x_ok, lx, 0.0)
-                hx = tl.where(x_ok, hx, 0.0)
-                x_lo = tl.where(x_ok, x_lo, 0)
-                x_hi = tl.where(x_ok, x_hi, 0)
+                x_lo, x_hi, lx, hx = _bilinear_taps(x, w_f, W)
                 # map column x -> tile column x // 16, column x % 16 inside the tile
                 rx_lo = (x_lo // 16) * 256 + x_lo % 16
                 rx_hi = (x_hi // 16) * 256 + x_hi % 16

@@ -10,8 +10,9 @@ The adapter classes are imported lazily, so importing this package needs neither
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from gar_tools._lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from gar_tools.adapters.langchain import GarLangChainToolkit
@@ -25,7 +26,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'gar_tools.adapters' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -6,9 +6,9 @@ imports an engine's module only when it builds one: a front-end with an http eng
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
+from gar_tools._lazy import lazy_getattr
 from gar_tools.engine.base import Engine, Progress
 from gar_tools.errors import InputError
 from gar_tools.images import ImagePolicy
@@ -22,10 +22,7 @@ __all__ = ["Engine", "HttpEngine", "LocalEngine", "Progress", "make_engine"]
 _LAZY = {"HttpEngine": "gar_tools.engine.http", "LocalEngine": "gar_tools.engine.local"}
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'gar_tools.engine' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 def make_engine(

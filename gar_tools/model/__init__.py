@@ -6,8 +6,9 @@ Names are imported lazily, so ``gar_tools.model.prompts`` (plain text, no torch)
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from gar_tools._lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from gar_tools.model.checkpoint import read_state_dict, resolve_checkpoint, save_checkpoint
@@ -46,29 +47,26 @@ __all__ = [
 ]
 
 _LAZY = {
-    "read_state_dict": "checkpoint",
-    "resolve_checkpoint": "checkpoint",
-    "save_checkpoint": "checkpoint",
-    "GarConfig": "config",
-    "GarModel": "modeling",
-    "Geometry": "modeling",
-    "DTYPES": "pipeline",
-    "GarPipeline": "pipeline",
-    "Generation": "pipeline",
-    "checkpoint_folder": "pipeline",
-    "load": "pipeline",
-    "GarProcessor": "processing",
-    "PreparedInputs": "processing",
-    "region_box": "processing",
-    "select_tile_grid": "processing",
-    "visual_prompt_map": "processing",
-    "TINY_NAME": "tiny",
-    "build_tiny_checkpoint": "tiny",
-    "tiny_checkpoint_path": "tiny",
+    "read_state_dict": "gar_tools.model.checkpoint",
+    "resolve_checkpoint": "gar_tools.model.checkpoint",
+    "save_checkpoint": "gar_tools.model.checkpoint",
+    "GarConfig": "gar_tools.model.config",
+    "GarModel": "gar_tools.model.modeling",
+    "Geometry": "gar_tools.model.modeling",
+    "DTYPES": "gar_tools.model.pipeline",
+    "GarPipeline": "gar_tools.model.pipeline",
+    "Generation": "gar_tools.model.pipeline",
+    "checkpoint_folder": "gar_tools.model.pipeline",
+    "load": "gar_tools.model.pipeline",
+    "GarProcessor": "gar_tools.model.processing",
+    "PreparedInputs": "gar_tools.model.processing",
+    "region_box": "gar_tools.model.processing",
+    "select_tile_grid": "gar_tools.model.processing",
+    "visual_prompt_map": "gar_tools.model.processing",
+    "TINY_NAME": "gar_tools.model.tiny",
+    "build_tiny_checkpoint": "gar_tools.model.tiny",
+    "tiny_checkpoint_path": "gar_tools.model.tiny",
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"gar_tools.model.{_LAZY[name]}"), name)
-    raise AttributeError(f"module 'gar_tools.model' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
