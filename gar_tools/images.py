@@ -32,6 +32,7 @@ __all__ = [
     "read_source_bytes",
     "decode_image_bytes",
     "load_image",
+    "to_rgb",
 ]
 
 DEFAULT_MAX_BYTES = 25 * 1024 * 1024
@@ -315,6 +316,12 @@ def _exif_transposed(image: Image.Image) -> Image.Image:
     except Exception:  # noqa: BLE001 - a broken EXIF block must not make a readable image unusable
         return image
     return transposed if transposed is not None else image
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """A new RGB copy of ``image``, converted as :func:`load_image` does: alpha dropped, palette transparency
+    resolved, 16/32-bit and float pixels scaled to 8 bits (not clipped)."""
+    return _to_rgb(image)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
