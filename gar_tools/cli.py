@@ -4,6 +4,7 @@
     gar-tools compare IMAGE --mask A.png --mask B.png [--focus TEXT]
     gar-tools ask IMAGE --mask A.png "What is <r0> holding?" [--choice TEXT ...]
     gar-tools demo [--out DIR]
+    gar-tools eval gar-bench-vqa --annotations GAR-Bench-VQA.json [--model ...]   /   gar-tools eval score OUT.json
     gar-tools serve ... / gar-tools worker ...   (see --help of each)
 
 With the tiny model (random weights) a one-line notice says its text is meaningless.
@@ -135,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(demo)
     demo.add_argument("--max-new-tokens", type=int, default=64)
 
+    _add_eval_parser(sub)
     _add_server_commands(sub)
     return parser
 
@@ -146,6 +148,51 @@ def _add_server_commands(sub: Any) -> None:
     except ImportError:  # servers not installed in this build
         return
     add_server_commands(sub)
+
+
+# --- eval (handlers in gar_tools.evaluation.commands) -----------------------------------------------------------
+def _add_eval_parser(sub: Any) -> None:
+    """``eval gar-bench-vqa|gar-bench-caption-simple|gar-bench-caption-detailed|score``."""
+    from gar_tools.evaluation.benchmarks import BENCHMARKS
+
+    evaluate = sub.add_parser("eval", help="run GAR-Bench (the paper's benchmark) or score an outputs file")
+    modes = evaluate.add_subparsers(dest="eval_command", required=True)
+    for benchmark in BENCHMARKS.values():
+        scoring = (
+            "prints upstream's accuracy table (exact match) and ours (parsed choice)"
+            if benchmark.scored_here
+            else "scoring needs an external judge model: prints how to run upstream's judge, no score"
+        )
+        mode = modes.add_parser(benchmark.name, help=f"ask every {benchmark.name} item; {scoring}")
+        mode.add_argument(
+            "--annotations",
+            type=Path,
+            required=True,
+            help="the annotation JSON in the authors' layout (item images relative to its folder)",
+        )
+        mode.add_argument("--image-folder", type=Path, default=None, help="item images root (default: its folder)")
+        mode.add_argument(
+            "--output",
+            type=Path,
+            default=None,
+            help="outputs file in upstream's model_outputs format; an existing one is resumed "
+            "(default gar-bench-outputs/MODEL_MODE.json)",
+        )
+        mode.add_argument("--restart", action="store_true", help="ignore an existing outputs file and ask everything")
+        mode.add_argument("--concurrency", type=int, default=4, help="requests in flight at once (default 4)")
+        mode.add_argument("--limit", type=int, default=None, help="only the first N items")
+        mode.add_argument("--max-new-tokens", type=int, default=1024, help="as upstream: 1024")
+        mode.add_argument("--json", action="store_true", help="print a machine-readable summary")
+        _add_model_options(mode)
+    score = modes.add_parser("score", help="score a GAR-Bench-VQA outputs file (ours or upstream's)")
+    score.add_argument("outputs", type=Path, help="outputs JSON: items with model_output")
+    score.add_argument("--json", action="store_true", help="print a machine-readable summary")
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from gar_tools.evaluation.commands import run_command, score_command
+
+    (score_command if args.eval_command == "score" else run_command)(args)
 
 
 def _regions(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -268,7 +315,7 @@ def _demo(args: argparse.Namespace) -> None:
         print(f"{tool}: {result.text}{choice}\n  overlay: {path}")
 
 
-COMMANDS = {"describe": _describe, "compare": _compare, "ask": _ask, "demo": _demo}
+COMMANDS = {"describe": _describe, "compare": _compare, "ask": _ask, "demo": _demo, "eval": _eval}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
