@@ -230,6 +230,11 @@ def test_bad_annotations_are_input_errors(tmp_path: Path, capsys: pytest.Capture
     assert info.value.field == "annotations[0].choices"
     assert main(["eval", "gar-bench-vqa", "--annotations", str(tmp_path / "missing.json")]) == 2
     assert "no such file" in capsys.readouterr().err
+    shutil.copy(SAMPLE, tmp_path / "items.json")  # without its images/ folder
+    assert main(["eval", "gar-bench-vqa", "--annotations", str(tmp_path / "items.json")]) == 2
+    assert "12 of 12 item images" in capsys.readouterr().err
+    assert main(["eval", "gar-bench-vqa", "--annotations", str(SAMPLE), "--max-new-tokens", "0"]) == 2
+    assert "--max-new-tokens" in capsys.readouterr().err
 
 
 def test_progress_bar_reports_eta_and_running_figure() -> None:

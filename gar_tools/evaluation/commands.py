@@ -24,6 +24,7 @@ from gar_tools.evaluation.items import load_items, load_outputs
 from gar_tools.evaluation.progress import format_duration
 from gar_tools.evaluation.runner import EvalRun, run_benchmark
 from gar_tools.evaluation.scoring import format_vqa_score, score_vqa
+from gar_tools.inputs import MAX_NEW_TOKENS_LIMIT
 
 __all__ = ["run_command", "score_command", "default_output", "TINY_CHANCE_NOTE", "judge_instructions"]
 
@@ -64,7 +65,7 @@ async def _run(args: argparse.Namespace, benchmark: Benchmark, items: list[dict[
             toolkit,
             benchmark,
             items,
-            image_folder=args.image_folder or args.annotations.parent,
+            image_folder=args.image_folder or args.annotations.parent,  # checked in run_command
             output=output,
             concurrency=args.concurrency,
             max_new_tokens=args.max_new_tokens,
@@ -82,9 +83,21 @@ def run_command(args: argparse.Namespace) -> None:
     benchmark = BENCHMARKS[args.eval_command]
     if args.concurrency < 1:
         raise InputError("--concurrency must be at least 1", field="concurrency")
+    if not 1 <= args.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
+        raise InputError(f"--max-new-tokens must be 1 to {MAX_NEW_TOKENS_LIMIT}", field="max_new_tokens")
+    if args.limit is not None and args.limit < 1:
+        raise InputError("--limit must be at least 1", field="limit")
     items = load_items(args.annotations, benchmark.fields)
     if args.limit is not None:
         items = items[: args.limit]
+    image_folder = args.image_folder or args.annotations.parent
+    missing = [item["image"] for item in items if not (image_folder / item["image"]).is_file()]
+    if missing:
+        raise InputError(
+            f"{len(missing)} of {len(items)} item images are not under {image_folder} (first: {missing[0]}); "
+            "put the benchmark's images/ folder beside the annotation file or pass --image-folder",
+            field="image_folder",
+        )
     output = args.output or default_output(benchmark, args.model)
     run: EvalRun = asyncio.run(_run(args, benchmark, items, output))
     if run.tiny_model:
