@@ -179,8 +179,12 @@ def test_vqa_run_resumes_after_being_cut_short(toolkit, sample: Path, tmp_path: 
     partial = load_outputs(output)
     answered = [o for o in partial if not o.get("skipped")]
     assert len(answered) == 4
-    run = _run(toolkit, sample, output, concurrency=2)
+    import io
+
+    stream = io.StringIO()
+    run = _run(toolkit, sample, output, concurrency=2, stream=stream)
     assert (run.resumed, run.asked, run.skipped) == (4, 7, 1)
+    assert "4 of 12 items already answered" in stream.getvalue()
     final = load_outputs(output)
     assert [o["image"] for o in final] == [i["image"] for i in json.loads(sample.read_text())]
     by_image = {o["image"]: o["model_output"] for o in final}

@@ -123,8 +123,21 @@ def run_command(args: argparse.Namespace) -> None:
         summary.update(score.as_dict())
         text = header + "\n" + format_vqa_score(score)
     else:
-        summary.update({"skipped": run.skipped, "score": None, "judge": judge_instructions(benchmark, output)})
-        text = header + "\n" + judge_instructions(benchmark, output)
+        skipped = [
+            {"index": i, "image": o.get("image"), "regions": len(o.get("mask_rles") or []), "reason": o["skipped"]}
+            for i, o in enumerate(run.outputs)
+            if o.get("skipped")
+        ]
+        summary.update(
+            {
+                "skipped": len(skipped),
+                "skipped_items": skipped,
+                "score": None,
+                "judge": judge_instructions(benchmark, output),
+            }
+        )
+        lines = [f"  skipped #{s['index']} {s['image']} ({s['regions']} regions): {s['reason']}" for s in skipped]
+        text = "\n".join([header, *lines, judge_instructions(benchmark, output)])
     if run.tiny_model:
         text += "\n" + TINY_CHANCE_NOTE
     print(json.dumps(summary, indent=2) if args.json else text)

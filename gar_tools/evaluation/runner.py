@@ -94,6 +94,11 @@ async def run_benchmark(
             run.skipped += 1
     pending = [i for i, o in enumerate(outputs) if o is None]
     bar = ProgressBar(len(items), label=benchmark.name, initial=len(items) - len(pending), stream=stream)
+    if resumed:
+        bar.stream.write(
+            f"resuming {output}: {len(resumed)} of {len(items)} items already answered there are kept "
+            "(whatever model answered them; --restart to ask everything again)\n"
+        )
     semaphore = asyncio.Semaphore(concurrency)
 
     def save() -> None:
