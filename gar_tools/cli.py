@@ -4,6 +4,7 @@
     gar-tools compare IMAGE --mask A.png --mask B.png [--focus TEXT]
     gar-tools ask IMAGE "What is <r0> holding?" --mask A.png [--choice TEXT ...]
     gar-tools demo [--out DIR]
+    gar-tools eval gar-bench-vqa --annotations GAR-Bench-VQA.json [--model ...]   /   gar-tools eval score OUT.json
     gar-tools serve ... / gar-tools worker ...   (see --help of each)
 
 One subcommand per registered tool (:mod:`gar_tools.tools`), built from its request model. Regions are given with
@@ -232,7 +233,55 @@ def build_parser() -> argparse.ArgumentParser:
     _add_policy_options(worker)
     _add_model_options(worker)
     worker.set_defaults(handler=_worker)
+
+    _add_eval_parser(sub)
     return parser
+
+
+# --- eval (handlers in gar_tools.evaluation.commands) -----------------------------------------------------------
+def _add_eval_parser(sub: Any) -> None:
+    """``eval gar-bench-vqa|gar-bench-caption-simple|gar-bench-caption-detailed|score``."""
+    from gar_tools.evaluation.benchmarks import BENCHMARKS
+
+    evaluate = sub.add_parser("eval", help="run GAR-Bench (the paper's benchmark) or score an outputs file")
+    modes = evaluate.add_subparsers(dest="eval_command", required=True)
+    for benchmark in BENCHMARKS.values():
+        scoring = (
+            "prints upstream's accuracy table (exact match) and ours (parsed choice)"
+            if benchmark.scored_here
+            else "scoring needs an external judge model: prints how to run upstream's judge, no score"
+        )
+        mode = modes.add_parser(benchmark.name, help=f"ask every {benchmark.name} item; {scoring}")
+        mode.add_argument(
+            "--annotations",
+            type=Path,
+            required=True,
+            help="the annotation JSON in the authors' layout (item images relative to its folder)",
+        )
+        mode.add_argument("--image-folder", type=Path, default=None, help="item images root (default: its folder)")
+        mode.add_argument(
+            "--output",
+            type=Path,
+            default=None,
+            help="outputs file in upstream's model_outputs format; an existing one is resumed "
+            "(default gar-bench-outputs/MODEL_MODE.json)",
+        )
+        mode.add_argument("--restart", action="store_true", help="ignore an existing outputs file and ask everything")
+        mode.add_argument("--concurrency", type=int, default=4, help="requests in flight at once (default 4)")
+        mode.add_argument("--limit", type=int, default=None, help="only the first N items")
+        mode.add_argument("--max-new-tokens", type=int, default=1024, help="as upstream: 1024")
+        mode.add_argument("--json", action="store_true", help="print a machine-readable summary")
+        _add_model_options(mode)
+    score = modes.add_parser("score", help="score a GAR-Bench-VQA outputs file (ours or upstream's)")
+    score.add_argument("outputs", type=Path, help="outputs JSON: items with model_output")
+    score.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    evaluate.set_defaults(handler=_eval)
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from gar_tools.evaluation.commands import run_command, score_command
+
+    (score_command if args.eval_command == "score" else run_command)(args)
 
 
 # --- handlers --------------------------------------------------------------------------------------------------------

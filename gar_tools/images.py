@@ -20,10 +20,10 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from gar_tools.errors import ImageError
+from gar_tools.model.rgb import to_rgb
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -317,28 +317,6 @@ def _exif_transposed(image: Image.Image) -> Image.Image:
     return transposed if transposed is not None else image
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    mode = image.mode
-    if mode == "RGB":
-        return image.copy()
-    if mode.startswith("I") or mode == "F":
-        # 16/32-bit integer or float pixels: scale to 8 bits instead of letting convert() clip at 255.
-        arr = np.asarray(image, dtype=np.float64)
-        finite = arr[np.isfinite(arr)]
-        top = float(finite.max()) if finite.size else 0.0
-        if mode == "F" and top <= 1.0:
-            scale = 255.0
-        elif top > 255.0:
-            scale = 255.0 / (65535.0 if top <= 65535.0 else top)
-        else:
-            scale = 1.0
-        arr = np.clip(np.nan_to_num(arr * scale), 0, 255).astype(np.uint8)
-        return Image.fromarray(arr).convert("RGB")
-    if mode == "P" and "transparency" in image.info:
-        return image.convert("RGBA").convert("RGB")
-    return image.convert("RGB")
-
-
 def load_image(
     source: str | bytes | Image.Image, policy: ImagePolicy | None = None, *, field: str = "image"
 ) -> Image.Image:
@@ -366,7 +344,7 @@ def load_image(
         try:
             source.load()
             image = _exif_transposed(source)
-            return _to_rgb(image)
+            return to_rgb(image)
         except (OSError, ValueError) as exc:
             raise ImageError(f"cannot read the given PIL image: {exc}", field=field) from exc
     if isinstance(source, (bytes, bytearray, memoryview)):
@@ -375,6 +353,6 @@ def load_image(
         data = read_source_bytes(source, policy, field=field)
     image = decode_image_bytes(data, policy, field=field)
     try:
-        return _to_rgb(image)
+        return to_rgb(image)
     except (OSError, ValueError) as exc:
         raise ImageError(f"cannot convert the image to RGB: {exc}", field=field) from exc

@@ -63,3 +63,15 @@ async def test_serve_with_http_engine_answers_initialize_without_torch(tmp_path)
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+def test_model_imports_nothing_from_the_tool_layer() -> None:
+    """``gar_tools.model`` is below the tools: it may use only itself, the errors and the kernels."""
+    allowed = ("gar_tools.model", "gar_tools.errors", "gar_tools.kernels", "gar_tools._lazy")
+    offenders = [
+        f"{path.name}: {line.strip()}"
+        for path in (REPO / "gar_tools" / "model").glob("*.py")
+        for line in path.read_text().splitlines()
+        if line.strip().startswith(("from gar_tools", "import gar_tools")) and not line.split()[1].startswith(allowed)
+    ]
+    assert offenders == []

@@ -1,7 +1,8 @@
 """Turn an image, region masks and a question into GAR's inputs (gar-model.md §3–4).
 
-* image → thumbnail + ``ncw × nch`` tiles through transformers' PerceptionLM image processor, configured from the
-  checkpoint (bicubic, mean = std = 0.5, ``max_num_tiles`` from the checkpoint);
+* image → thumbnail + ``ncw × nch`` tiles: PerceptionLM's tile grid (``max_num_tiles`` from the checkpoint), resized
+  exactly as the authors' code did (:mod:`gar_tools.model.tiling`: torchvision v1 tensor resize semantics, bicubic
+  with antialias, not transformers 5's v2 uint8 kernel), then ``/255`` and mean = std = 0.5;
 * visual-prompt map (value ``k`` where region ``k`` is, ``prompt_numbers`` elsewhere, first region wins on overlap)
   → the same resize and tiling with NEAREST, same rescale/normalize;
 * each region's own box ``(x_min/W, y_min/H, x_max/W, y_max/H)`` with inclusive max;
@@ -21,12 +22,13 @@ import numpy as np
 import torch
 from PIL import Image
 from transformers import PerceptionLMImageProcessor, PreTrainedTokenizerFast
-from transformers.image_utils import PILImageResampling
 
 from gar_tools.errors import CheckpointError, InputError, RegionError
 from gar_tools.model.config import GarConfig
 from gar_tools.model.modeling import TOKENS_PER_TILE
 from gar_tools.model.prompts import SINGLE_REGION_PROMPT_INDEX, multi_region_text, single_region_text
+from gar_tools.model.rgb import to_rgb
+from gar_tools.model.tiling import image_to_uint8_tensor, normalize_tiles, tile_uint8
 
 __all__ = [
     "GarProcessor",
@@ -167,6 +169,14 @@ def load_image_processor_config(folder: Path) -> dict[str, Any]:
     )
 
 
+def _per_channel(value: Any, name: str) -> list[float]:
+    """A mean/std setting as three floats (a checkpoint may give one number for all channels)."""
+    values = [float(v) for v in value] if isinstance(value, (list, tuple)) else [float(value)] * 3
+    if len(values) != 3:
+        raise CheckpointError(f"preprocessor_config.json: `{name}` must have 3 values, got {len(values)}")
+    return values
+
+
 # --- prepared inputs -------------------------------------------------------------------------------------------
 @dataclass
 class PreparedInputs:
@@ -218,9 +228,15 @@ class GarProcessor:
                 "preprocessor_config.json: `max_num_tiles` is missing; it must come from the checkpoint"
             )
         self.image_processor = PerceptionLMImageProcessor(**kwargs)
-        self.prompt_processor = PerceptionLMImageProcessor(**{**kwargs, "resample": PILImageResampling.NEAREST})
         self.tile_size = int(self.image_processor.tile_size)
+        self.image_mean = _per_channel(self.image_processor.image_mean, "image_mean")
+        self.image_std = _per_channel(self.image_processor.image_std, "image_std")
         self.max_num_tiles = int(self.image_processor.max_num_tiles)
+        bicubic = int(self.image_processor.resample) == 3
+        if not bicubic or abs(float(self.image_processor.rescale_factor) - 1 / 255) > 1e-12:
+            raise CheckpointError(
+                "preprocessor_config.json: GAR checkpoints resize bicubic (resample 3) and rescale by 1/255"
+            )
         if self.image_processor.vision_input_type != "thumb+tile":
             raise CheckpointError('preprocessor_config.json: GAR needs vision_input_type "thumb+tile"')
         self.image_token_id = config.image_token_id
@@ -247,14 +263,17 @@ class GarProcessor:
         return select_tile_grid(image_size[0], image_size[1], self.tile_size, self.max_num_tiles)
 
     def pixel_values(self, image: Image.Image) -> torch.Tensor:
-        """[1 + T, 3, 448, 448] thumbnail + tiles of an RGB image."""
-        return self.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
+        """[1 + T, 3, 448, 448] thumbnail + tiles of an RGB image (bicubic, see :mod:`gar_tools.model.tiling`)."""
+        grid = self.tile_grid(image.size)
+        tiles = tile_uint8(image_to_uint8_tensor(np.asarray(image)), grid, self.tile_size, "bicubic")
+        return normalize_tiles(tiles, self.image_mean, self.image_std)
 
     def prompt_pixel_values(self, prompt_map: np.ndarray) -> torch.Tensor:
         """[1 + T, 3, 448, 448] the visual-prompt map through the same tiling, with NEAREST resampling."""
-        return self.prompt_processor(images=Image.fromarray(prompt_map, mode="L"), return_tensors="pt")["pixel_values"][
-            0
-        ]
+        height, width = prompt_map.shape
+        grid = self.tile_grid((width, height))
+        tiles = tile_uint8(image_to_uint8_tensor(prompt_map), grid, self.tile_size, "nearest")
+        return normalize_tiles(tiles.expand(-1, 3, -1, -1), self.image_mean, self.image_std)
 
     def encode_text(self, text: str, num_tiles: int) -> torch.Tensor:
         """Chat-template the one user turn ``[image, text]``, tokenize, expand the image token to (1+T)·256."""
@@ -290,7 +309,7 @@ class GarProcessor:
         ``<PromptK>`` and is used as is.
         """
         if image.mode != "RGB":
-            image = image.convert("RGB")
+            image = to_rgb(image)
         width, height = image.size
         count = len(masks)
         if count == 0:
