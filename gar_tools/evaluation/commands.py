@@ -25,12 +25,11 @@ from gar_tools.evaluation.progress import format_duration
 from gar_tools.evaluation.runner import EvalRun, run_benchmark
 from gar_tools.evaluation.scoring import format_vqa_score, score_vqa
 from gar_tools.inputs import MAX_NEW_TOKENS_LIMIT
+from gar_tools.results import TINY_MODEL_NOTE
 
 __all__ = ["run_command", "score_command", "default_output", "TINY_CHANCE_NOTE", "judge_instructions"]
 
-TINY_CHANCE_NOTE = (
-    "note: model 'tiny' has random weights; its text is meaningless and its accuracy is chance level by construction."
-)
+TINY_CHANCE_NOTE = f"note: {TINY_MODEL_NOTE} Its accuracy here is chance level by construction."
 UPSTREAM_REPO = "https://github.com/Haochen-Wang409/Grasp-Any-Region"
 
 
