@@ -20,6 +20,7 @@ import threading
 import time
 import urllib.parse
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,8 @@ __all__ = [
     "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_PIXELS",
     "MAX_REDIRECTS",
+    "MEMORY_BYTES_PER_PIXEL",
+    "MEMORY_OVERHEAD_BYTES",
     "ImagePolicy",
     "UrlTarget",
     "address_refusal",
@@ -46,6 +49,12 @@ DEFAULT_MAX_BYTES = 25 * 1024 * 1024
 
 DEFAULT_MAX_PIXELS = 40_000_000
 """Default cap on width x height of one image or mask: 40 megapixels."""
+
+MEMORY_BYTES_PER_PIXEL = 17
+"""Peak bytes per image pixel of decoding one request's image and up to 5 regions (see :class:`ImagePolicy`)."""
+
+MEMORY_OVERHEAD_BYTES = 16 * 1024 * 1024
+"""Fixed part of that bound: block buffers and decoder state, 16 MiB."""
 
 MAX_REDIRECTS = 5
 """Most redirects followed for one URL; each target is checked like the first URL."""
@@ -62,6 +71,19 @@ _WHITESPACE = re.compile(r"\s+")
 @dataclass(frozen=True)
 class ImagePolicy:
     """Limits and permissions for reading images and masks.
+
+    Memory: decoding one request (its image and up to 5 regions, each a mask image, RLE, polygon or box the image's
+    size) peaks at most at ``MEMORY_BYTES_PER_PIXEL`` (17) bytes per image pixel, plus the largest encoded input
+    (at most ``max_bytes``), plus ``MEMORY_OVERHEAD_BYTES`` (16 MiB), on top of the request itself. With the
+    defaults that is at most 17 × 40 MP + 25 MiB + 16 MiB ≈ 720 MB; ``max_pixels`` is the knob (a server with
+    ``max_pixels=16_000_000`` stays under ≈ 310 MB). What stays afterwards is about 9 bytes per pixel: the RGB image
+    (Pillow keeps 4 bytes per pixel) and one byte per region mask. How: pixel limits are checked from the header
+    before decoding; 16/32-bit images and masks are converted in blocks of rows; a compressed RLE's ``counts`` may
+    be at most ``H·W·9/8 + 32`` characters (:func:`gar_tools.regions.max_rle_chars`, more than any mask needs) and
+    is decoded block by block straight into the mask. The worst inputs known (a float TIFF image, 32-bit TIFF
+    masks, a checkerboard RLE) are measured in a fresh process by ``tests/test_regions.py`` (Linux ``VmHWM``):
+    about 16.5 bytes per pixel plus the encoded input at 3 MP. The model's own preprocessing (tiling, resizing, on
+    CPU with the tiny checkpoint) adds roughly 7 bytes per pixel plus 150 MB afterwards; that is not counted here.
 
     Attributes:
         max_bytes: largest encoded image accepted, in bytes (file size, decoded base64, or
@@ -660,23 +682,25 @@ def _exif_transposed(image: Image.Image) -> Image.Image:
     return transposed if transposed is not None else image
 
 
-_BLOCK_PIXELS = 1 << 20  # pixels per block when scaling 16/32-bit images: bounds the float temporaries
+_BLOCK_PIXELS = 1 << 18  # pixels per block when scaling 16/32-bit images: bounds the temporaries (~6 MiB)
 
 
 def _scaled_to_rgb(image: Image.Image) -> Image.Image:
-    """16/32-bit integer or float pixels scaled to 8 bits (not clipped at 255 as ``convert`` would), block by block
-    so the float64 temporaries stay at about 8 MiB whatever the image's size."""
-    arr = np.asarray(image)
-    height, width = arr.shape[:2]
+    """16/32-bit integer or float pixels scaled to 8 bits (not clipped at 255 as ``convert`` would), in blocks of
+    rows so neither a numpy copy of the image nor float64 temporaries of its size are ever made."""
+    width, height = image.size
     rows = max(1, _BLOCK_PIXELS // max(width, 1))
     is_float = image.mode == "F"
+
+    def blocks() -> Iterator[tuple[int, np.ndarray]]:
+        for start in range(0, height, rows):
+            yield start, np.asarray(image.crop((0, start, width, min(start + rows, height))))
+
     top = 0.0
-    for start in range(0, height, rows):
-        block = arr[start : start + rows]
-        if is_float:
-            block = block[np.isfinite(block)]
-        if block.size:
-            top = max(top, float(block.max()))
+    for _, block in blocks():
+        values = block[np.isfinite(block)] if is_float else block
+        if values.size:
+            top = max(top, float(values.max()))
     if is_float and top <= 1.0:
         scale = 255.0
     elif top > 255.0:
@@ -684,10 +708,8 @@ def _scaled_to_rgb(image: Image.Image) -> Image.Image:
     else:
         scale = 1.0
     out = np.empty((height, width), dtype=np.uint8)
-    for start in range(0, height, rows):
-        block = np.nan_to_num(arr[start : start + rows].astype(np.float64) * scale)
-        out[start : start + rows] = np.clip(block, 0, 255)
-    del arr
+    for start, block in blocks():
+        out[start : start + block.shape[0]] = np.clip(np.nan_to_num(block.astype(np.float64) * scale), 0, 255)
     return Image.fromarray(out).convert("RGB")
 
 
@@ -738,6 +760,7 @@ def load_image(
     else:
         data = read_source_bytes(source, policy, field=field)
     image = decode_image_bytes(data, policy, field=field)
+    del data  # the encoded bytes are not needed while converting
     try:
         return _to_rgb(image, copy=False)
     except (OSError, ValueError) as exc:
