@@ -576,8 +576,10 @@ def read_source_bytes(source: str, policy: ImagePolicy, *, field: str) -> bytes:
     1. an existing local file (``~`` expanded); it must lie inside ``policy.allowed_dirs`` when set,
        symlinks resolved; a path outside them gets the same error whether or not it exists;
     2. a ``data:`` URI (``data:image/png;base64,...``; percent-encoded payloads work too);
-    3. an ``http://`` or ``https://`` URL, fetched only when ``policy.allow_urls`` is true, within
-       ``policy.url_timeout_s`` and with the body capped at ``policy.max_bytes`` while streaming;
+    3. an ``http://`` or ``https://`` URL, fetched only when ``policy.allow_urls`` is true, only from public
+       addresses unless ``policy.allow_private_urls`` (see :func:`check_url`; redirects checked the same way),
+       within one overall deadline of ``policy.url_timeout_s`` and with the body capped at ``policy.max_bytes``
+       while streaming;
     4. raw base64 (standard or URL-safe alphabet, whitespace ignored, padding required).
 
     Raises:
