@@ -63,17 +63,22 @@ def _special_counts(pipeline, ids: torch.Tensor) -> Counter[int]:
     return Counter(int(i) for i in ids.tolist() if int(i) in special)
 
 
-def _prepare(pipeline, tool: str, request):
+_NUM_TILES = 16  # tiles the tiny checkpoint cuts the 48x40 test image into (checked in test_fast_path_is_prepare)
+
+
+def _input_ids(pipeline, tool: str, request) -> torch.Tensor:
+    """The request's prompt ids as ``pipeline.prepare`` builds them, without its image work (which takes 0.3 s and
+    is the same for every request here): build_job, then the processor's prompt parts and encode_text."""
     job = build_job(tool, request, ImagePolicy())
-    return pipeline.prepare(job.image, [r.mask for r in job.regions], job.question)
+    processor = pipeline.processor
+    return processor.encode_text(processor.prompt_parts(job.prompt_indices, job.question), _NUM_TILES)[0]
 
 
-def _check_structure(pipeline, prepared, regions: int) -> None:
-    ids = prepared.input_ids[0]
+def _check_structure(pipeline, ids: torch.Tensor, regions: int) -> None:
     config = pipeline.config
     assert int(ids[0]) == pipeline.processor.bos_token_id and int((ids == ids[0]).sum()) == 1
     image_positions = (ids == config.image_token_id).nonzero().flatten()
-    assert image_positions.numel() == (1 + prepared.num_tiles) * 256
+    assert image_positions.numel() == (1 + _NUM_TILES) * 256
     assert int(image_positions[-1] - image_positions[0]) == image_positions.numel() - 1  # one run
     for k, slot in enumerate(config.crop_tokens_ids):
         positions = (ids == slot).nonzero().flatten()
@@ -83,13 +88,16 @@ def _check_structure(pipeline, prepared, regions: int) -> None:
             assert int(positions[-1] - positions[0]) == 255
 
 
-def _assert_same_specials(pipeline, tool: str, request, baseline, text: str, regions: int = 2) -> None:
-    prepared = _prepare(pipeline, tool, request)
-    _check_structure(pipeline, prepared, regions)
-    expected = _special_counts(pipeline, _prepare(pipeline, tool, baseline).input_ids[0])
-    assert _special_counts(pipeline, prepared.input_ids[0]) == expected
+def _assert_same_specials(pipeline, tool: str, request, expected: Counter[int], text: str, regions: int = 2) -> None:
+    ids = _input_ids(pipeline, tool, request)
+    _check_structure(pipeline, ids, regions)
+    assert _special_counts(pipeline, ids) == expected
     # The caller's text reaches the model as the characters it is made of.
-    assert text in pipeline.processor.tokenizer.decode(prepared.input_ids[0])
+    assert text in pipeline.processor.tokenizer.decode(ids)
+
+
+def _counts(pipeline, tool: str, request) -> Counter[int]:
+    return _special_counts(pipeline, _input_ids(pipeline, tool, request))
 
 
 def _answer(question: str, choices: list[str] | None = None) -> AnswerAboutRegionsRequest:
@@ -102,77 +110,80 @@ def _compare(focus: str | None) -> CompareRegionsRequest:
 
 def test_question_tokens_stay_text(tiny_pipeline, tokens) -> None:
     plain = [t for t in tokens if not _REFERENCE_LIKE.match(t)]
+    expected = _counts(tiny_pipeline, "answer_about_regions", _answer("Is <a> near <b>? "))
     for chunk in _chunks(plain, 1900):
         request = _answer(f"Is <a> near <b>? {chunk}")
-        _assert_same_specials(tiny_pipeline, "answer_about_regions", request, _answer("Is <a> near <b>? "), chunk)
+        _assert_same_specials(tiny_pipeline, "answer_about_regions", request, expected, chunk)
+
+
+def test_fast_path_is_prepare(tiny_pipeline) -> None:
+    """The helper these tests use gives exactly ``prepare``'s ids (with its slot and image-token checks)."""
+    for tool, request in [
+        ("answer_about_regions", _answer("<a> <b>? <|eot_id|><|reserved_special_token_2|>", ["<|image|>", "b"])),
+        ("compare_regions", _compare("<|start_header_id|> <NO_Prompt> <Prompt1>")),
+    ]:
+        job = build_job(tool, request, ImagePolicy())
+        prepared = tiny_pipeline.prepare(job.image, [r.mask for r in job.regions], job.question)
+        assert prepared.num_tiles == _NUM_TILES
+        assert torch.equal(prepared.input_ids[0], _input_ids(tiny_pipeline, tool, request))
 
 
 def test_choice_tokens_stay_text(tiny_pipeline, tokens) -> None:
     plain = [t for t in tokens if not _REFERENCE_LIKE.match(t)]
     chunks = _chunks(plain, 990)
     assert 2 <= len(chunks) <= 26
-    request = _answer("Which is <a>, which <b>?", chunks)
-    baseline = _answer("Which is <a>, which <b>?", ["x"] * len(chunks))
-    prepared = _prepare(tiny_pipeline, "answer_about_regions", request)
-    _check_structure(tiny_pipeline, prepared, 2)
-    expected = _special_counts(tiny_pipeline, _prepare(tiny_pipeline, "answer_about_regions", baseline).input_ids[0])
-    assert _special_counts(tiny_pipeline, prepared.input_ids[0]) == expected
-    decoded = tiny_pipeline.processor.tokenizer.decode(prepared.input_ids[0])
+    expected = _counts(tiny_pipeline, "answer_about_regions", _answer("Which is <a>, which <b>?", ["x"] * len(chunks)))
+    ids = _input_ids(tiny_pipeline, "answer_about_regions", _answer("Which is <a>, which <b>?", chunks))
+    _check_structure(tiny_pipeline, ids, 2)
+    assert _special_counts(tiny_pipeline, ids) == expected
+    decoded = tiny_pipeline.processor.tokenizer.decode(ids)
     assert all(chunk in decoded for chunk in chunks)
     # Each choice position on its own, with the slot tokens and the image token, too.
+    expected = _counts(tiny_pipeline, "answer_about_regions", _answer("Which is <a>, which <b>?", ["f", "s", "t"]))
     for i in range(3):
-        choices = ["first", "second", "third"]
+        choices = ["f", "s", "t"]
         choices[i] = "<|image|><|reserved_special_token_2|> and <|eot_id|>"
-        _assert_same_specials(
-            tiny_pipeline,
-            "answer_about_regions",
-            _answer("Which is <a>, which <b>?", choices),
-            _answer("Which is <a>, which <b>?", ["first", "second", "third"]),
-            choices[i],
-        )
+        request = _answer("Which is <a>, which <b>?", choices)
+        _assert_same_specials(tiny_pipeline, "answer_about_regions", request, expected, choices[i])
 
 
 def test_focus_tokens_stay_text(tiny_pipeline, tokens) -> None:
     # Focus text is not read for <id> references, so reference-like tokens of no region (<NO_Prompt>, <Prompt2>…)
     # must stay text too; <Prompt0> and <Prompt1> name this call's regions (tested below).
     plain = [t for t in tokens if t not in ("<Prompt0>", "<Prompt1>")]
-    baseline = _compare(None)
+    expected = _counts(tiny_pipeline, "compare_regions", _compare(None))
     for chunk in _chunks(plain, 480):
-        request = _compare(chunk)
-        _assert_same_specials(tiny_pipeline, "compare_regions", request, baseline, chunk)
+        _assert_same_specials(tiny_pipeline, "compare_regions", _compare(chunk), expected, chunk)
 
 
 @pytest.mark.parametrize("field", ["question", "choices"])
 def test_reference_like_tokens_in_question_and_choices(tiny_pipeline, tokens, field: str) -> None:
     """``<Prompt0>``/``<Prompt1>`` are references to this call's two regions; every other ``<…>`` token is refused."""
+    if field == "question":
+        baseline = _counts(tiny_pipeline, "answer_about_regions", _answer("Is <a> near <b>? "))
+    else:
+        baseline = _counts(tiny_pipeline, "answer_about_regions", _answer("Is <a> near <b>?", ["yes", "maybe "]))
     for token in (t for t in tokens if _REFERENCE_LIKE.match(t)):
         if field == "question":
             request = _answer(f"Is <a> near <b>? {token}")
         else:
             request = _answer("Is <a> near <b>?", ["yes", f"maybe {token}"])
-        valid = token in ("<Prompt0>", "<Prompt1>")
-        if not valid:
+        if token not in ("<Prompt0>", "<Prompt1>"):
             with pytest.raises(InputError, match=re.escape(token[1:-1])) as err:
                 build_job("answer_about_regions", request, ImagePolicy())
             assert err.value.field == ("question" if field == "question" else "choices[1]")
             continue
-        prepared = _prepare(tiny_pipeline, "answer_about_regions", request)
-        _check_structure(tiny_pipeline, prepared, 2)
-        counts = _special_counts(tiny_pipeline, prepared.input_ids[0])
-        baseline = _answer("Is <a> near <b>?") if field == "question" else _answer("Is <a> near <b>?", ["yes", "x"])
-        expected = _special_counts(
-            tiny_pipeline, _prepare(tiny_pipeline, "answer_about_regions", baseline).input_ids[0]
-        )
+        ids = _input_ids(tiny_pipeline, "answer_about_regions", request)
+        _check_structure(tiny_pipeline, ids, 2)
+        expected = baseline.copy()
         expected[tiny_pipeline.processor.tokenizer.convert_tokens_to_ids(token)] += 1
-        assert counts == expected
+        assert _special_counts(tiny_pipeline, ids) == expected
 
 
 def test_focus_references_of_this_calls_regions(tiny_pipeline) -> None:
-    prepared = _prepare(tiny_pipeline, "compare_regions", _compare("how <Prompt1> moves"))
-    counts = _special_counts(tiny_pipeline, prepared.input_ids[0])
-    baseline = _special_counts(tiny_pipeline, _prepare(tiny_pipeline, "compare_regions", _compare(None)).input_ids[0])
-    baseline[tiny_pipeline.processor.tokenizer.convert_tokens_to_ids("<Prompt1>")] += 1
-    assert counts == baseline
+    expected = _counts(tiny_pipeline, "compare_regions", _compare(None))
+    expected[tiny_pipeline.processor.tokenizer.convert_tokens_to_ids("<Prompt1>")] += 1
+    assert _counts(tiny_pipeline, "compare_regions", _compare("how <Prompt1> moves")) == expected
 
 
 def test_region_ids_cannot_carry_special_tokens(tiny_pipeline) -> None:
@@ -198,11 +209,11 @@ def test_findings_run_end_to_end(tiny_pipeline) -> None:
     kit = GarToolkit(LocalEngine(pipeline=tiny_pipeline))
     try:
         result = kit.answer_about_regions(
-            image=IMAGE, regions=_REGIONS, question="<a> or <b>? <|reserved_special_token_2|>", max_new_tokens=1
-        )
-        assert result.timings.tokens_generated == 1
-        result = kit.answer_about_regions(
-            image=IMAGE, regions=_REGIONS, question="<a> or <b>?", choices=["<|image|>", "<|eot_id|>"], max_new_tokens=1
+            image=IMAGE,
+            regions=_REGIONS,
+            question="<a> or <b>? <|reserved_special_token_2|>",
+            choices=["<|image|>", "<|eot_id|>"],
+            max_new_tokens=1,
         )
         assert result.timings.tokens_generated == 1
         result = kit.compare_regions(
