@@ -480,6 +480,11 @@ class _Deadline:
         self._timer.cancel()
 
 
+def _tls_context() -> ssl.SSLContext:
+    """The system's default TLS settings: certificates verified against the URL's host name (tests patch this)."""
+    return ssl.create_default_context()
+
+
 def _connection(target: UrlTarget, deadline: _Deadline) -> http.client.HTTPConnection:
     """An HTTP(S) connection to ``target``'s first checked address, with ``Host`` and TLS name of its host."""
     address = str(target.addresses[0])
@@ -498,7 +503,7 @@ def _connection(target: UrlTarget, deadline: _Deadline) -> http.client.HTTPConne
                 self.sock = self._context.wrap_socket(sock, server_hostname=target.host)
                 deadline.watch(self.sock)
 
-        return _Https(host, target.port, timeout=deadline.remaining(), context=ssl.create_default_context())
+        return _Https(host, target.port, timeout=deadline.remaining(), context=_tls_context())
 
     class _Http(http.client.HTTPConnection):
         def connect(self) -> None:

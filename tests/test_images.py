@@ -7,7 +7,10 @@ import http.server
 import io
 import ipaddress
 import re
+import shutil
+import ssl
 import struct
+import subprocess
 import threading
 import time
 import zlib
@@ -665,3 +668,51 @@ def test_outside_paths_get_one_message_whether_or_not_they_exist(tmp_path: Path)
     assert "outside the allowed folders" in message and str(inside_dir) in message
     # Inside the allowed folders, saying what does not exist tells nothing new.
     assert "not an existing file" in _message(str(inside_dir / "nothing.png"), policy)
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path, png_file: Path) -> Iterator[tuple[int, Path]]:
+    """A loopback HTTPS server whose self-signed certificate names only ``public.test``."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("needs the openssl command to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"]
+        + ["-keyout", str(key), "-out", str(cert), "-subj", "/CN=public.test"]
+        + ["-addext", "subjectAltName=DNS:public.test"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    _Handler.hosts = []
+    _Handler.routes = {"/ok.png": (200, {"Content-Type": "image/png"}, png_file.read_bytes())}
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], cert
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_https_connects_to_the_checked_address_with_the_hosts_name(
+    tls_server: tuple[int, Path], fake_dns: dict[str, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The TLS name (SNI and certificate check) and Host header are the URL's host, the connection goes to the
+    address that was checked."""
+    port, cert = tls_server
+    real = images.address_refusal
+    monkeypatch.setattr(images, "address_refusal", lambda a: None if str(a) == "127.0.0.1" else real(a))
+    monkeypatch.setattr(images, "_tls_context", lambda: ssl.create_default_context(cafile=str(cert)))
+    fake_dns.update({"public.test": ["127.0.0.1"], "other.test": ["127.0.0.1"]})
+    policy = ImagePolicy(allow_urls=True, url_timeout_s=5)
+    assert load_image(f"https://public.test:{port}/ok.png", policy).size == (32, 24)
+    assert _Handler.hosts == [f"public.test:{port}"]
+    with pytest.raises(ImageError, match="cannot fetch URL.*(certificate|hostname)"):
+        load_image(f"https://other.test:{port}/ok.png", policy)  # same address, but not the certificate's name
