@@ -486,14 +486,23 @@ def _tls_context() -> ssl.SSLContext:
 
 
 def _connection(target: UrlTarget, deadline: _Deadline) -> http.client.HTTPConnection:
-    """An HTTP(S) connection to ``target``'s first checked address, with ``Host`` and TLS name of its host."""
-    address = str(target.addresses[0])
+    """An HTTP(S) connection to one of ``target``'s checked addresses (tried in order), with ``Host`` and TLS name of
+    its host."""
     host = f"[{target.host}]" if ":" in target.host else target.host
 
     def connect_socket() -> socket.socket:
-        sock = socket.create_connection((address, target.port), timeout=deadline.remaining())
-        deadline.watch(sock)
-        return sock
+        error: OSError | None = None
+        for address in target.addresses:
+            if deadline.expired:
+                break
+            try:
+                sock = socket.create_connection((str(address), target.port), timeout=deadline.remaining())
+            except OSError as exc:
+                error = exc
+                continue
+            deadline.watch(sock)
+            return sock
+        raise error or TimeoutError("no time left to connect")
 
     if target.scheme == "https":
 

@@ -716,3 +716,10 @@ def test_https_connects_to_the_checked_address_with_the_hosts_name(
     assert _Handler.hosts == [f"public.test:{port}"]
     with pytest.raises(ImageError, match="cannot fetch URL.*(certificate|hostname)"):
         load_image(f"https://other.test:{port}/ok.png", policy)  # same address, but not the certificate's name
+
+
+def test_each_checked_address_is_tried(local_server: str, fake_dns: dict[str, list[str]]) -> None:
+    port = local_server.rsplit(":", 1)[1]
+    fake_dns["twice.test"] = ["127.0.0.2", "127.0.0.1"]  # nothing listens on 127.0.0.2
+    assert load_image(f"http://twice.test:{port}/ok.png", LOOPBACK_OK).size == (32, 24)
+    assert _Handler.hosts == [f"twice.test:{port}"]
