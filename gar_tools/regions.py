@@ -13,12 +13,12 @@ import base64
 import io
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont
 from pycocotools import mask as mask_utils
 
 from gar_tools.errors import ImageError, RegionError
@@ -33,6 +33,7 @@ __all__ = [
     "decode_regions",
     "mask_box",
     "mask_read_error",
+    "max_rle_chars",
     "draw_overlay",
     "encode_png_base64",
 ]
@@ -51,6 +52,8 @@ OVERLAY_PALETTE: tuple[tuple[int, int, int], ...] = (
 
 _ID_RE = re.compile(REGION_ID_PATTERN)
 _RLE_MAX_GROUPS = 6  # 6 five-bit groups hold any signed count up to 2**29, far beyond max_pixels
+_RLE_BLOCK_CHARS = 1 << 16  # characters of a compressed RLE string decoded at once (~3 MiB of temporaries)
+_MASK_BLOCK_PIXELS = 1 << 18  # pixels of a mask image compared at once
 _FILL_ALPHA = 0.4
 
 
@@ -107,6 +110,7 @@ def _decode_mask(source: str, size: tuple[int, int], policy: ImagePolicy, field:
         image = decode_image_bytes(data, policy, field=field)
     except ImageError as exc:
         raise mask_read_error(exc, field, rid) from exc
+    del data
     if image.size != (width, height):
         raise _region_error(
             field,
@@ -114,48 +118,117 @@ def _decode_mask(source: str, size: tuple[int, int], policy: ImagePolicy, field:
             f"mask is {image.width}x{image.height} (W x H) but the image is {width}x{height}; "
             "a mask must be exactly the image's size",
         )
-    if image.mode in ("1", "L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        arr = np.asarray(image)
-        return arr != 0
-    # Colour masks: inside where any colour channel is non-zero; alpha is ignored (many tools save opaque RGBA).
-    rgb = np.asarray(image.convert("RGB"))
-    return rgb.any(axis=2)
+    if image.mode not in ("1", "L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        # Colour masks: inside where any colour channel is non-zero; alpha is ignored (many tools save opaque RGBA).
+        # The brightest channel is built one channel at a time, so a colour mask costs ~3 bytes/pixel on top of
+        # its decoded image, not an RGB copy plus a numpy copy of it.
+        rgb = image if image.mode in ("RGB", "RGBA") else image.convert("RGB")
+        del image
+        image = ImageChops.lighter(ImageChops.lighter(rgb.getchannel(0), rgb.getchannel(1)), rgb.getchannel(2))
+        del rgb
+    # Row blocks: a 32-bit mask is never copied whole into numpy.
+    out = np.empty((height, width), dtype=bool)
+    rows = max(1, _MASK_BLOCK_PIXELS // width)
+    for top in range(0, height, rows):
+        bottom = min(top + rows, height)
+        np.not_equal(np.asarray(image.crop((0, top, width, bottom))), 0, out=out[top:bottom])
+    return out
 
 
-def _parse_rle_string(counts: str) -> list[int] | None:
-    """Counts of a compressed COCO RLE string, or None if it is malformed (mirrors pycocotools' rleFrString)."""
-    values: list[int] = []
-    pos = 0
-    n = len(counts)
-    while pos < n:
-        x = 0
-        k = 0
-        more = True
-        while more:
-            if pos >= n or k >= _RLE_MAX_GROUPS:
-                return None
-            c = ord(counts[pos]) - 48
-            if c < 0 or c > 63:
-                return None
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            pos += 1
-            k += 1
-            if not more and (c & 0x10):
-                x -= 1 << (5 * k)
-        if len(values) > 2:
-            x += values[-2]
-        values.append(x)
-    return values
+class _MalformedRLE(ValueError):
+    """A compressed RLE string that is not what pycocotools' encoder writes."""
 
 
-def _runs_to_mask(counts: list[int], height: int, width: int) -> np.ndarray:
-    """Expand validated COCO run lengths (outside first, column-major, summing to H*W) to an ``(H, W)`` bool mask.
+def max_rle_chars(height: int, width: int) -> int:
+    """The longest compressed COCO RLE string a ``height x width`` mask can need: ``H·W + H·W/8 + 32`` characters.
 
-    Equivalent to ``pycocotools.mask.decode``, which warns under numpy 2 (``__array__`` without ``copy``).
+    A mask has at most ``H·W + 1`` runs (only the first may be empty). Runs after the third are written as the
+    difference to the run two before, in 5-bit groups: a difference below 16 takes one character and every further
+    character needs a run at least 16 times longer, which the ``H·W`` total leaves room for at most ``H·W/8`` times;
+    the first three runs take at most 6 characters each.
     """
-    values = np.arange(len(counts)) % 2 == 1
-    flat = np.repeat(values, np.asarray(counts, dtype=np.int64))
+    total = height * width
+    return total + total // 8 + 32
+
+
+def _compressed_runs(counts: str) -> Iterator[np.ndarray]:
+    """The run lengths of a compressed COCO RLE string, as int64 arrays, block by block (vectorised
+    ``rleFrString`` of pycocotools; memory about 40 bytes per character of one block, whatever the string's length).
+
+    Raises:
+        _MalformedRLE: for characters outside the alphabet, a count longer than 6 characters, or a string ending
+            inside a count.
+    """
+    n = len(counts)
+    pos = 0
+    done = 0  # runs yielded so far
+    last = [0, 0]  # the latest run value of even and odd index
+    while pos < n:
+        piece = counts[pos : pos + max(_RLE_BLOCK_CHARS, _RLE_MAX_GROUPS)]  # a whole count always fits
+        try:
+            raw = np.frombuffer(piece.encode("ascii"), dtype=np.uint8)
+        except UnicodeEncodeError as exc:
+            raise _MalformedRLE("non-ASCII character") from exc
+        if int(raw.min()) < 48 or int(raw.max()) > 48 + 63:
+            raise _MalformedRLE("character outside the RLE alphabet")
+        c = (raw - 48).astype(np.int64)
+        ends = np.flatnonzero((c & 0x20) == 0)
+        if ends.size == 0:
+            raise _MalformedRLE("count without an end")
+        if pos + len(piece) >= n and ends[-1] != len(piece) - 1:
+            raise _MalformedRLE("ends inside a count")
+        c = c[: ends[-1] + 1]
+        starts = np.concatenate(([0], ends[:-1] + 1))
+        lengths = ends - starts + 1
+        if int(lengths.max()) > _RLE_MAX_GROUPS:
+            raise _MalformedRLE("count longer than any mask needs")
+        shift = 5 * (np.arange(c.size) - np.repeat(starts, lengths))
+        x = np.add.reduceat((c & 0x1F) << shift, starts)
+        negative = (c[ends] & 0x10) != 0
+        x[negative] -= np.left_shift(1, 5 * lengths[negative])
+        # Runs from the fourth on are differences to the run two before.
+        index = done + np.arange(x.size)
+        for parity in (0, 1):
+            chosen = np.flatnonzero((index % 2 == parity) & (index >= 3))
+            if chosen.size:
+                first = int(index[chosen[0]]) - 2
+                base = x[first - done] if first >= done else last[parity]
+                x[chosen] = base + np.cumsum(x[chosen])
+            same = np.flatnonzero(index % 2 == parity)
+            if same.size:
+                last[parity] = int(x[same[-1]])
+        done += x.size
+        pos += int(ends[-1]) + 1
+        yield x
+
+
+def _runs_into_mask(blocks: Iterable[np.ndarray], height: int, width: int, field: str, rid: str) -> np.ndarray:
+    """Expand COCO run lengths (outside first, column-major) to an ``(H, W)`` bool mask, checking they are not
+    negative and sum to ``H·W`` without ever writing past it. Peak memory: 2 bytes per pixel."""
+    total = height * width
+    edges = np.zeros(total + 1, dtype=np.int8)  # +1 where an inside run starts, -1 where it ends
+    pos = 0
+    done = 0
+    for runs in blocks:
+        if runs.size == 0:
+            continue
+        if int(runs.min()) < 0:
+            raise _region_error(f"{field}.counts", rid, "counts contain a negative run length")
+        ends = pos + np.cumsum(runs)
+        if pos <= total:
+            inside = np.flatnonzero((((done + np.arange(runs.size)) % 2) == 1) & (runs > 0) & (ends <= total))
+            edges[ends[inside] - runs[inside]] += 1
+            edges[ends[inside]] -= 1
+        pos = int(ends[-1])
+        done += runs.size
+    if pos != total:
+        raise _region_error(
+            f"{field}.counts",
+            rid,
+            f"run lengths sum to {pos}, but must sum to H*W = {height}*{width} = {total}",
+        )
+    np.cumsum(edges, dtype=np.int8, out=edges)
+    flat = edges[:total].view(np.bool_)
     return np.ascontiguousarray(flat.reshape(width, height).T)
 
 
@@ -175,28 +248,43 @@ def _decode_rle(rle: RLE, size: tuple[int, int], field: str, rid: str) -> np.nda
         )
     total = height * width
     if isinstance(counts, str):
-        parsed = _parse_rle_string(counts)
-        if parsed is None:
+        limit = max_rle_chars(height, width)
+        if len(counts) > limit:
             raise _region_error(
-                f"{field}.counts", rid, "counts is not a valid compressed COCO RLE string (as from pycocotools encode)"
+                f"{field}.counts",
+                rid,
+                f"counts is {len(counts):,} characters long; a {height}x{width} mask never needs more than "
+                f"{limit:,} (H*W*9/8 + 32)",
             )
-    elif isinstance(counts, (list, tuple)):
+        try:
+            return _runs_into_mask(_compressed_runs(counts), height, width, field, rid)
+        except _MalformedRLE as exc:
+            raise _region_error(
+                f"{field}.counts",
+                rid,
+                f"counts is not a valid compressed COCO RLE string (as from pycocotools encode): {exc}",
+            ) from exc
+    if isinstance(counts, (list, tuple)):
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in counts):
             raise _region_error(f"{field}.counts", rid, "uncompressed counts must be a list of non-negative ints")
-        parsed = list(counts)
-    else:
-        raise _region_error(
-            f"{field}.counts", rid, f"counts must be a compressed string or a list of ints, got {type(counts).__name__}"
-        )
-    if any(v < 0 for v in parsed):
-        raise _region_error(f"{field}.counts", rid, "counts contain a negative run length")
-    if sum(parsed) != total:
-        raise _region_error(
-            f"{field}.counts",
-            rid,
-            f"run lengths sum to {sum(parsed)}, but must sum to H*W = {height}*{width} = {total}",
-        )
-    return _runs_to_mask(parsed, height, width)
+        if len(counts) > total + 1:
+            raise _region_error(
+                f"{field}.counts",
+                rid,
+                f"counts has {len(counts):,} runs; a mask of H*W = {total:,} pixels has at most H*W + 1",
+            )
+        if any(v < 0 for v in counts):
+            raise _region_error(f"{field}.counts", rid, "counts contain a negative run length")
+        if sum(counts) != total:
+            raise _region_error(
+                f"{field}.counts",
+                rid,
+                f"run lengths sum to {sum(counts)}, but must sum to H*W = {height}*{width} = {total}",
+            )
+        return _runs_into_mask([np.asarray(counts, dtype=np.int64)], height, width, field, rid)
+    raise _region_error(
+        f"{field}.counts", rid, f"counts must be a compressed string or a list of ints, got {type(counts).__name__}"
+    )
 
 
 def _decode_polygon(polygons: object, size: tuple[int, int], field: str, rid: str) -> np.ndarray:
@@ -228,10 +316,10 @@ def _decode_polygon(polygons: object, size: tuple[int, int], field: str, rid: st
             )
         flat.append(coords)
     merged = mask_utils.merge(mask_utils.frPyObjects(flat, height, width))
-    counts = _parse_rle_string(merged["counts"].decode("ascii"))
-    if counts is None or sum(counts) != height * width:  # pycocotools produced something unexpected
-        raise _region_error(field, rid, "polygon could not be rasterized")
-    return _runs_to_mask(counts, height, width)
+    try:
+        return _runs_into_mask(_compressed_runs(merged["counts"].decode("ascii")), height, width, field, rid)
+    except (_MalformedRLE, RegionError) as exc:  # pycocotools produced something unexpected
+        raise _region_error(field, rid, "polygon could not be rasterized") from exc
 
 
 def _decode_box(box: object, size: tuple[int, int], field: str, rid: str) -> np.ndarray:

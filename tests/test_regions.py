@@ -5,6 +5,9 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +15,9 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from gar_tools import regions as regions_module
 from gar_tools.errors import RegionError
-from gar_tools.images import ImagePolicy, load_image
+from gar_tools.images import MEMORY_BYTES_PER_PIXEL, MEMORY_OVERHEAD_BYTES, ImagePolicy, load_image
 from gar_tools.inputs import RLE, Region
 from gar_tools.regions import (
     MAX_REGIONS,
@@ -24,6 +28,7 @@ from gar_tools.regions import (
     draw_overlay,
     encode_png_base64,
     mask_box,
+    max_rle_chars,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -522,3 +527,100 @@ def test_encode_png_base64() -> None:
     text = encode_png_base64(png)
     assert base64.b64decode(text, validate=True) == png
     assert "\n" not in text
+
+
+# --- hostile inputs: long RLEs, truncated masks, memory (issue 11) -----------------------------------------------
+
+
+@pytest.mark.parametrize("block", [1, 2, 7, 64])
+def test_rle_decoded_block_by_block_matches_pycocotools(monkeypatch: pytest.MonkeyPatch, block: int) -> None:
+    """Blocks as small as one character: counts, signs and deltas carried across block boundaries."""
+    monkeypatch.setattr(regions_module, "_RLE_BLOCK_CHARS", block)
+    rng = np.random.default_rng(block)
+    for size in [(1, 1), (3, 5), (17, 23), (40, 31)]:
+        for p in (0.02, 0.5, 0.97):
+            mask = rng.random(size) < p
+            rle = _compressed_rle(mask)
+            theirs = mask_utils.decode(rle | {"counts": rle["counts"].encode()}).astype(bool)
+            runs = regions_module._compressed_runs(rle["counts"])
+            ours = regions_module._runs_into_mask(runs, size[0], size[1], "region.rle", "r0")
+            assert np.array_equal(ours, theirs) and np.array_equal(ours, mask)
+
+
+@pytest.mark.parametrize(("height", "width"), [(1, 1), (2, 3), (64, 64), (101, 37), (300, 200)])
+def test_max_rle_chars_covers_the_longest_masks(height: int, width: int) -> None:
+    checker = (np.indices((height, width)).sum(axis=0) % 2).astype(bool)
+    rng = np.random.default_rng(0)
+    for mask in (checker, ~checker, rng.random((height, width)) < 0.5, np.ones((height, width), dtype=bool)):
+        counts = _compressed_rle(mask)["counts"]
+        assert len(counts) <= max_rle_chars(height, width)
+
+
+def test_rle_counts_longer_than_any_mask_needs_are_refused_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(*args: object) -> None:
+        raise AssertionError("decoded although too long")
+
+    monkeypatch.setattr(regions_module, "_compressed_runs", fail)
+    limit = max_rle_chars(24, 32)
+    huge = "0" * 40_000_000  # the finding: a 40 M-character counts string
+    for counts in (huge, "1" * (limit + 1)):
+        error = _second_region_error(Region(rle=RLE(size=[24, 32], counts=counts)))
+        assert error.field == "regions[1].rle.counts"
+        assert f"never needs more than {limit:,}" in str(error)
+    error = _second_region_error(Region(rle=RLE(size=[24, 32], counts=[1] * (24 * 32 + 2))))
+    assert error.field == "regions[1].rle.counts"
+    assert "at most H*W + 1" in str(error)
+
+
+def test_rle_sum_too_large_never_writes_past_the_mask() -> None:
+    # 700 outside, then an inside run of 100 that would end past 24*32 = 768.
+    counts = mask_utils.frPyObjects({"size": [24, 32], "counts": [700, 100]}, 24, 32)["counts"].decode()
+    error = _second_region_error(Region(rle=RLE(size=[24, 32], counts=counts)))
+    assert "run lengths sum to 800, but must sum to H*W = 24*32 = 768" in str(error)
+
+
+def test_truncated_mask_png_is_refused() -> None:
+    data = _png(np.full((24, 32), 255, dtype=np.uint8))
+    cut = base64.b64encode(data[: -len(b"IEND") - 8]).decode()  # no IEND chunk
+    error = _second_region_error(Region(mask=cut))
+    assert error.field == "regions[1].mask"
+    assert "corrupt or truncated" in str(error)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "P", "CMYK", "I", "F", "I;16"])
+def test_mask_modes_block_by_block(monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    monkeypatch.setattr(regions_module, "_MASK_BLOCK_PIXELS", 64)  # several blocks for a 32x24 mask
+    inside = np.zeros((24, 32), dtype=bool)
+    inside[3:20, 5:9] = True
+    inside[0, 31] = True
+    if mode in ("RGBA", "P", "CMYK"):
+        arr = np.zeros((24, 32, 3), dtype=np.uint8)
+        arr[inside, 2] = 1  # only the blue channel, and only by 1
+        image = Image.fromarray(arr).convert(mode) if mode != "P" else Image.fromarray(arr).quantize(4)
+    elif mode == "I;16":
+        image = Image.fromarray(inside.astype(np.uint16) * 40000)
+    else:
+        image = Image.fromarray(inside.astype(np.int32 if mode == "I" else np.float32) * 70000)
+    buffer = io.BytesIO()
+    image.save(buffer, format="TIFF" if mode in ("I", "F", "CMYK") else "PNG")
+    region = decode_region(
+        Region(mask=base64.b64encode(buffer.getvalue()).decode()), (32, 24), index=0, policy=POLICY, field="r"
+    )
+    assert np.array_equal(region.mask, inside)
+
+
+def test_peak_memory_of_the_worst_request_is_bounded() -> None:
+    """ImagePolicy's documented bound: decoding an image and 5 regions peaks at most at 17 bytes per pixel, plus
+    the largest encoded input, plus 16 MiB. Measured in a fresh process (VmHWM) on the worst inputs we know of:
+    a float TIFF image, four 32-bit TIFF masks and a checkerboard RLE, at 3 megapixels."""
+    clear_refs = Path("/proc/self/clear_refs")
+    if not clear_refs.exists() or not os.access(clear_refs, os.W_OK):
+        pytest.skip("needs Linux /proc/self/clear_refs to measure peak memory")
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"}
+    probe = Path(__file__).resolve().parent / "memory_probe.py"
+    out = subprocess.run(
+        [sys.executable, str(probe), "2000", "1500"], env=env, capture_output=True, text=True, timeout=120, check=True
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    bound = MEMORY_BYTES_PER_PIXEL * result["pixels"] + result["encoded"] + MEMORY_OVERHEAD_BYTES
+    assert 0 < result["peak"] <= bound, result

@@ -8,11 +8,17 @@
 * each region's own box ``(x_min/W, y_min/H, x_max/W, y_max/H)`` with inclusive max;
 * the prompt text through the checkpoint's chat template, exactly one ``<|begin_of_text|>``, the image token
   expanded to ``(1 + tiles) · 256`` tokens, 256 slot tokens per region.
+
+Caller-written text never becomes a special token: the prompt is assembled from parts, and only the parts the tool
+layer writes (the chat template, upstream's prompt framing with its ``<PromptK>`` and slot tokens) are parsed for
+special and added tokens. A caller's question (:class:`UserText`) is tokenized as plain text, except for the
+``<PromptK>`` references of this call's regions, which the tool layer maps ``<id>`` references to.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,13 +32,15 @@ from transformers import PerceptionLMImageProcessor, PreTrainedTokenizerFast
 from gar_tools.errors import CheckpointError, InputError, RegionError
 from gar_tools.model.config import GarConfig
 from gar_tools.model.modeling import TOKENS_PER_TILE
-from gar_tools.model.prompts import SINGLE_REGION_PROMPT_INDEX, multi_region_text, single_region_text
+from gar_tools.model.prompts import SINGLE_REGION_PROMPT_INDEX, multi_region_text, prompt_token, single_region_text
 from gar_tools.model.rgb import to_rgb
 from gar_tools.model.tiling import image_to_uint8_tensor, normalize_tiles, tile_uint8
 
 __all__ = [
     "GarProcessor",
     "PreparedInputs",
+    "PromptPart",
+    "UserText",
     "select_tile_grid",
     "visual_prompt_map",
     "region_box",
@@ -53,6 +61,9 @@ _IMAGE_PROCESSOR_KEYS = (
     "resample",
     "do_convert_rgb",
 )
+# Stand-ins for text while the framing and the chat template are rendered; never part of what is tokenized.
+_QUESTION_MARK = "\x00gar-question\x00"
+_CONTENT_MARK = "\x00gar-content\x00"
 
 
 # --- pure functions --------------------------------------------------------------------------------------------
@@ -177,6 +188,54 @@ def _per_channel(value: Any, name: str) -> list[float]:
     return values
 
 
+@dataclass(frozen=True)
+class UserText:
+    """Text a caller wrote, as one part of a prompt: tokenized with special-token parsing off.
+
+    Attributes:
+        text: the caller's text (already with ``<id>`` references mapped to ``<PromptK>``).
+        references: the added tokens that stay live in it, e.g. ``("<Prompt0>", "<Prompt1>")`` for a call with two
+            regions; everything else (``<|eot_id|>``, ``<|image|>``, slot tokens, ``<NO_Prompt>``, ``<Prompt7>``)
+            is tokenized as the characters it is made of.
+    """
+
+    text: str
+    references: tuple[str, ...] = ()
+
+
+PromptPart = str | UserText
+"""One part of a prompt: ``str`` is text the tool layer wrote (special tokens in it are parsed), :class:`UserText`
+is a caller's."""
+
+
+def _tokens_pattern(tokens: Sequence[str]) -> re.Pattern[str] | None:
+    """Leftmost-longest matcher of ``tokens``, as the tokenizer's added-vocabulary matcher; None for no tokens."""
+    if not tokens:
+        return None
+    return re.compile("|".join(re.escape(t) for t in sorted(set(tokens), key=len, reverse=True)))
+
+
+def _trimmed(parts: Sequence[PromptPart]) -> list[PromptPart]:
+    """``parts`` with the whitespace around their joined text removed, as the chat template's ``| trim`` does."""
+
+    def with_text(part: PromptPart, text: str) -> PromptPart:
+        return text if isinstance(part, str) else UserText(text, part.references)
+
+    out = list(parts)
+    for i, part in enumerate(out):
+        stripped = (part if isinstance(part, str) else part.text).lstrip()
+        out[i] = with_text(part, stripped)
+        if stripped:
+            break
+    for i in range(len(out) - 1, -1, -1):
+        part = out[i]
+        stripped = (part if isinstance(part, str) else part.text).rstrip()
+        out[i] = with_text(part, stripped)
+        if stripped:
+            break
+    return out
+
+
 # --- prepared inputs -------------------------------------------------------------------------------------------
 @dataclass
 class PreparedInputs:
@@ -242,6 +301,8 @@ class GarProcessor:
         self.image_token_id = config.image_token_id
         self.bos_token_id = self._token_id(tokenizer.bos_token, "bos_token")
         self.slot_tokens = [tokenizer.convert_ids_to_tokens(i) for i in config.crop_tokens_ids]
+        self._added_vocab: dict[str, int] = tokenizer.get_added_vocab()
+        self._live_tokens = _tokens_pattern(list(self._added_vocab))
 
     def _token_id(self, token: str | None, what: str) -> int:
         if token is None:
@@ -275,13 +336,68 @@ class GarProcessor:
         tiles = tile_uint8(image_to_uint8_tensor(prompt_map), grid, self.tile_size, "nearest")
         return normalize_tiles(tiles.expand(-1, 3, -1, -1), self.image_mean, self.image_std)
 
-    def encode_text(self, text: str, num_tiles: int) -> torch.Tensor:
-        """Chat-template the one user turn ``[image, text]``, tokenize, expand the image token to (1+T)·256."""
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
-        rendered = self.tokenizer.apply_chat_template(
+    def _plain_ids(self, text: str) -> list[int]:
+        """Token ids of ``text`` with no added or special token recognised (normalizer, pre-tokenizer, model only).
+
+        This is what the tokenizer does between the added tokens it finds, so for text between special tokens the
+        ids are the same as ``tokenizer(text)``'s; ``split_special_tokens`` alone would still find non-special
+        added tokens."""
+        if not text:
+            return []
+        backend = self.tokenizer.backend_tokenizer
+        if backend.normalizer is not None:
+            text = backend.normalizer.normalize_str(text)
+        pieces = backend.pre_tokenizer.pre_tokenize_str(text) if backend.pre_tokenizer is not None else [(text, None)]
+        return [token.id for piece, _ in pieces for token in backend.model.tokenize(piece)]
+
+    def _part_ids(self, parts: Sequence[tuple[str, re.Pattern[str] | None]]) -> list[int]:
+        """Ids of consecutive ``(text, live tokens)`` parts: live tokens become their ids, everything between them
+        (across part boundaries, as one string) is tokenized as plain text."""
+        added = self._added_vocab
+        ids: list[int] = []
+        pending: list[str] = []
+        for text, pattern in parts:
+            pos = 0
+            for match in pattern.finditer(text) if pattern is not None else ():
+                pending.append(text[pos : match.start()])
+                ids.extend(self._plain_ids("".join(pending)))
+                pending = []
+                ids.append(added[match.group(0)])
+                pos = match.end()
+            pending.append(text[pos:])
+        ids.extend(self._plain_ids("".join(pending)))
+        return ids
+
+    def _render(self, content: str) -> str:
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": content}]}]
+        return self.tokenizer.apply_chat_template(
             messages, chat_template=self.chat_template, tokenize=False, add_generation_prompt=True
         )
-        ids: list[int] = self.tokenizer(rendered, add_special_tokens=False)["input_ids"]
+
+    def encode_text(self, text: str | Sequence[PromptPart], num_tiles: int) -> torch.Tensor:
+        """Chat-template the one user turn ``[image, text]``, tokenize, expand the image token to (1+T)·256.
+
+        ``text`` is the user turn's text: a ``str`` the tool layer wrote (all special tokens in it parsed), or
+        parts (see :data:`PromptPart`) where :class:`UserText` parts are a caller's and produce no special or added
+        token except their ``references``. Only the chat template's own text is parsed as well.
+        """
+        parts: list[PromptPart] = [text] if isinstance(text, str) else list(text)
+        rendered = self._render(_CONTENT_MARK)
+        if rendered.count(_CONTENT_MARK) != 1:
+            raise CheckpointError("chat template must write the text of a user turn exactly once")
+        head, tail = rendered.split(_CONTENT_MARK)
+        trimmed = _trimmed(parts)
+        expected = self._render("".join(p if isinstance(p, str) else p.text for p in parts))
+        if head + "".join(p if isinstance(p, str) else p.text for p in trimmed) + tail != expected:
+            raise CheckpointError("chat template changes a user turn's text beyond trimming it; not supported")
+        live = self._live_tokens
+        ids = self._part_ids(
+            [
+                (head, live),
+                *((p, live) if isinstance(p, str) else (p.text, _tokens_pattern(p.references)) for p in trimmed),
+                (tail, live),
+            ]
+        )
         if not ids or ids[0] != self.bos_token_id:
             ids = [self.bos_token_id, *ids]
         if len(ids) > 1 and ids[1] == self.bos_token_id:
@@ -294,12 +410,22 @@ class GarProcessor:
         expanded = ids[:at] + [self.image_token_id] * ((1 + num_tiles) * TOKENS_PER_TILE) + ids[at + 1 :]
         return torch.tensor([expanded], dtype=torch.long)
 
-    def prompt_text(self, prompt_indices: Sequence[int], question: str | None) -> str:
+    def prompt_parts(self, prompt_indices: Sequence[int], question: str | None) -> list[PromptPart]:
+        """The user turn's text as parts: upstream's framing (tool-written) and the caller's ``question``
+        (:class:`UserText`, with ``<PromptK>`` of ``prompt_indices`` as its only live tokens)."""
         slots = [self.slot_tokens[k] * TOKENS_PER_TILE for k in prompt_indices]
         if question is None:
-            return single_region_text(slots[0], prompt_indices[0])
+            return [single_region_text(slots[0], prompt_indices[0])]
         order = sorted(range(len(prompt_indices)), key=lambda i: prompt_indices[i])
-        return multi_region_text([prompt_indices[i] for i in order], [slots[i] for i in order], question)
+        framing = multi_region_text([prompt_indices[i] for i in order], [slots[i] for i in order], _QUESTION_MARK)
+        before, after = framing.split(_QUESTION_MARK)
+        references = tuple(prompt_token(k) for k in sorted(prompt_indices))
+        references = tuple(r for r in references if r in self._added_vocab)
+        return [before, UserText(question, references), after]
+
+    def prompt_text(self, prompt_indices: Sequence[int], question: str | None) -> str:
+        """The user turn's text (slots written as tokens), as :meth:`prompt_parts` joined."""
+        return "".join(p if isinstance(p, str) else p.text for p in self.prompt_parts(prompt_indices, question))
 
     def prepare(self, image: Image.Image, masks: Sequence[np.ndarray], question: str | None = None) -> PreparedInputs:
         """GAR's inputs for ``image`` and boolean H×W ``masks``.
@@ -341,8 +467,9 @@ class GarProcessor:
         if pixel_values.shape[0] != 1 + grid[0] * grid[1]:
             raise RuntimeError(f"image processor made {pixel_values.shape[0]} tiles, expected 1 + {grid[0]}·{grid[1]}")
 
-        text = self.prompt_text(prompt_indices, question)
-        input_ids = self.encode_text(text, grid[0] * grid[1])
+        parts = self.prompt_parts(prompt_indices, question)
+        text = "".join(p if isinstance(p, str) else p.text for p in parts)
+        input_ids = self.encode_text(parts, grid[0] * grid[1])
 
         order = sorted(range(count), key=lambda i: prompt_indices[i])
         boxes = torch.tensor([region_box(bool_masks[i]) for i in order], dtype=torch.float32)
