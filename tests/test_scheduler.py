@@ -10,7 +10,7 @@ import torch
 
 from gar_tools.engine.scheduler import ContinuousBatcher, GenerationOutput
 from gar_tools.errors import EngineBusyError, InputError
-from gar_tools.model.decoder import BatchDecoder
+from gar_tools.model.decoder import BatchDecoder, PendingTokens
 
 
 def _decoder(pipeline, requests, slots: int) -> BatchDecoder:
@@ -148,3 +148,40 @@ def test_full_queue_raises_busy_and_bad_requests_fail_alone(tiny_pipeline) -> No
         with pytest.raises(InputError, match="does not fit"):
             too_long.result(timeout=60)
         assert len(batcher.submit(_fake_embeds(8, hidden, 4), max_new_tokens=3).result(timeout=60).token_ids) == 3
+
+
+class _LateTokens(PendingTokens):
+    """Ids that reach the host only after ``lag`` more decode steps, as on CUDA when the copy is slow."""
+
+    def __init__(self, ids: list[int], decoder: _LaggingDecoder, lag: int) -> None:
+        super().__init__(ids=ids)
+        self.decoder, self.ready_at = decoder, decoder.launched + lag
+
+    def ready(self) -> bool:
+        ready = self.decoder.launched >= self.ready_at
+        self.decoder.not_ready += not ready
+        return ready
+
+
+class _LaggingDecoder(BatchDecoder):
+    launched = 0
+    not_ready = 0  # polls that found a step's ids still in flight
+
+    def step(self, n: int) -> PendingTokens:
+        self.launched += 1
+        return _LateTokens(super().step(n).tolist(), self, lag=3)
+
+
+def test_late_readback_still_gives_batch_one_ids(tiny_pipeline, mixed_requests) -> None:
+    """Ids read several steps late (the CUDA path): EOS and max_new_tokens still cut each request exactly."""
+    chosen = [mixed_requests[i] for i in (1, 5, 9, 10, 12, 13)]  # 5: one token; 9: stops at EOS
+    longest = max(r.prepared.input_ids.shape[1] + r.max_new_tokens for r in chosen)
+    decoder = _LaggingDecoder(tiny_pipeline.model, slots=3, max_len=longest + 1)
+    with ContinuousBatcher(decoder, readback_lag=4) as batcher:
+        handles = [
+            batcher.submit(r.build_embeds, max_new_tokens=r.max_new_tokens, eos_token_ids=r.eos_token_ids)
+            for r in chosen
+        ]
+        outputs = [h.result(timeout=120) for h in handles]
+    assert [o.token_ids for o in outputs] == [r.expected for r in chosen]
+    assert outputs[2].stopped_by_eos and decoder.not_ready > 0
