@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gar_tools.model.decoder import BatchDecoder, default_buckets
+from gar_tools.model.decoder import BatchDecoder, default_buckets, default_span_buckets
 from gar_tools.model.kv_cache import StaticKVCache
 
 
@@ -18,6 +18,7 @@ def test_static_cache_shapes_and_bytes() -> None:
     assert cache.bytes_per_token == 2 * 3 * 2 * 8 * 4
     assert cache.nbytes == cache.bytes_per_token * 4 * 10
     assert default_buckets(6) == [1, 2, 4, 6] and default_buckets(1) == [1]
+    assert default_span_buckets(8193) == [1024, 2048, 4096, 8193] and default_span_buckets(600) == [600]
 
 
 def test_staggered_batch_equals_generate_alone(tiny_pipeline, mixed_requests) -> None:

@@ -30,7 +30,7 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 from gar_tools.model.kv_cache import StaticKVCache
 from gar_tools.model.modeling import GarModel
 
-__all__ = ["BatchDecoder", "PendingTokens", "default_buckets"]
+__all__ = ["BatchDecoder", "PendingTokens", "default_buckets", "default_span_buckets"]
 
 
 def default_buckets(slots: int) -> list[int]:
@@ -41,6 +41,19 @@ def default_buckets(slots: int) -> list[int]:
         b *= 2
     buckets.append(slots)
     return buckets
+
+
+def default_span_buckets(max_len: int) -> list[int]:
+    """Attention spans (cache columns a decode step reads): ``max_len`` and up to three halvings ≥ 512.
+
+    A step attends over the smallest span holding every running row's position, so short sequences do not pay
+    for reading the whole cache.
+    """
+    spans, span = [max_len], max_len // 2
+    while span >= 512 and len(spans) < 4:
+        spans.insert(0, span)
+        span //= 2
+    return spans
 
 
 class PendingTokens:
@@ -80,6 +93,8 @@ class BatchDecoder:
         max_len: positions per slot; a sequence can hold ``max_len - 1`` tokens (prompt + generated).
         cuda_graphs: capture the decode step per bucket (default: when the model is on CUDA).
         buckets: decode batch sizes to capture (default :func:`default_buckets`).
+        span_buckets: cache columns a step may attend over (default :func:`default_span_buckets`); one graph per
+            (batch bucket, span bucket).
         readback_depth: pinned host buffers for :class:`PendingTokens` on CUDA (steps that may be in flight).
     """
 
@@ -91,6 +106,7 @@ class BatchDecoder:
         max_len: int,
         cuda_graphs: bool | None = None,
         buckets: Sequence[int] | None = None,
+        span_buckets: Sequence[int] | None = None,
         readback_depth: int = 8,
     ) -> None:
         self.model = model
@@ -119,10 +135,15 @@ class BatchDecoder:
         self.buckets = sorted(set(buckets or default_buckets(slots)))
         if self.buckets[0] < 1 or self.buckets[-1] != slots:
             raise ValueError(f"buckets must be positive and end at slots={slots}, got {self.buckets}")
+        self.span_buckets = sorted(set(span_buckets or default_span_buckets(max_len)))
+        if self.span_buckets[0] < 1 or self.span_buckets[-1] != max_len:
+            raise ValueError(f"span buckets must be positive and end at max_len={max_len}, got {self.span_buckets}")
+        # Host copy of the positions (the device buffer advances inside the step): picks the span without a sync.
+        self._host_positions = [self.cache.scratch_position] * slots
         self.use_cuda_graphs = (self.device.type == "cuda") if cuda_graphs is None else bool(cuda_graphs)
         if self.use_cuda_graphs and self.device.type != "cuda":
             raise ValueError("CUDA graphs need the model on a CUDA device")
-        self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         self._readback: list[tuple[torch.Tensor, PendingTokens | None]] = []
         if self.device.type == "cuda":
             self._readback = [
@@ -193,16 +214,26 @@ class BatchDecoder:
             raise ValueError(f"slot {slot} is full ({length} of {self.usable_len} tokens)")
         self.tokens[slot] = token
         self.positions[slot] = length
+        self._host_positions[slot] = length
 
     def release(self, slot: int) -> None:
         """Park ``slot`` on the scratch column: decode steps no longer write into its entries."""
         self.positions[slot] = self.cache.scratch_position
+        self._host_positions[slot] = self.cache.scratch_position
 
     # --- decode --------------------------------------------------------------------------------------------------
     def _decode_attention(
-        self, i: int, attn: nn.Module, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, visible: torch.Tensor
+        self,
+        i: int,
+        attn: nn.Module,
+        h: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        visible: torch.Tensor,
+        span: int,
     ) -> torch.Tensor:
-        """One layer's attention for ``B`` rows of one new token each: ``h`` [B, 1, hidden] → [B, 1, hidden]."""
+        """One layer's attention for ``B`` rows of one new token each: ``h`` [B, 1, hidden] → [B, 1, hidden],
+        reading cache columns ``0 … span-1`` (every running row's position is below ``span``)."""
         b = h.shape[0]
         positions = self.positions[:b]  # [B]
         q = attn.q_proj(h).view(b, 1, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, 1, D]
@@ -216,17 +247,19 @@ class BatchDecoder:
         # GQA without copying K/V: the G query heads sharing a KV head act as G query positions.
         groups = self.num_heads // self.num_kv_heads
         q = q.view(b, self.num_kv_heads, groups, self.head_dim)  # [B, KV, G, D]
+        keys, values = keys[:, :, :span], values[:, :, :span]  # [B, KV, span, D]
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible, scale=attn.scaling)  # [B, KV, G, D]
         return attn.o_proj(out.reshape(b, 1, self.num_heads * self.head_dim))
 
-    def _decode_step(self, b: int) -> None:
-        """The decode step for rows ``0 … b-1``, reading and writing only device buffers (graph-capturable)."""
+    def _decode_step(self, b: int, span: int) -> None:
+        """The decode step for rows ``0 … b-1`` over ``span`` cache columns, reading and writing only device
+        buffers (graph-capturable). Parked rows write on the scratch column and see all ``span`` columns."""
         positions = self.positions[:b]  # [B]
         x = self.lm.embed_tokens(self.tokens[:b])[:, None]  # [B, 1, hidden]
         cos, sin = self.lm.rotary_emb(x, positions[:, None])  # [B, 1, D]
-        visible = (self._columns[None, :] <= positions[:, None])[:, None, None, :]  # [B, 1, 1, max_len]
+        visible = (self._columns[None, :span] <= positions[:, None])[:, None, None, :]  # [B, 1, 1, span]
         for i, layer in enumerate(self.lm.layers):
-            x = x + self._decode_attention(i, layer.self_attn, layer.input_layernorm(x), cos, sin, visible)
+            x = x + self._decode_attention(i, layer.self_attn, layer.input_layernorm(x), cos, sin, visible, span)
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         logits = self.lm_head(self.lm.norm(x[:, 0]))  # [B, vocab]
         self.tokens[:b] = logits.argmax(dim=-1)  # greedy; first index on ties, like torch.argmax in generate
@@ -239,10 +272,14 @@ class BatchDecoder:
         Rows whose slot holds no sequence compute throw-away values on the scratch column.
         """
         b = self.bucket_for(n)
+        scratch = self.cache.scratch_position
+        running = [p for p in self._host_positions[:b] if p != scratch]
+        span = next(s for s in self.span_buckets if s > max(running, default=0))
         if self.use_cuda_graphs:
-            self._graphs[b].replay()
+            self._graphs[(b, span)].replay()
         else:
-            self._decode_step(b)
+            self._decode_step(b, span)
+        self._host_positions[:b] = [min(p + 1, scratch) for p in self._host_positions[:b]]
         self._steps += 1
         if self.device.type != "cuda":
             return PendingTokens(ids=[int(t) for t in self.tokens[:n].tolist()])
@@ -261,7 +298,7 @@ class BatchDecoder:
     # --- CUDA graphs ---------------------------------------------------------------------------------------------
     @torch.no_grad()
     def capture(self) -> None:
-        """Capture the decode step once per bucket (largest first, one shared memory pool). Needs no active slot:
+        """Capture the decode step per (batch, span) bucket (largest first, one shared pool). Needs no active slot:
         warm-up runs write only on the scratch column, and the token/position buffers are reset afterwards."""
         if self.device.type != "cuda":
             raise ValueError("CUDA graphs need the model on a CUDA device")
@@ -270,16 +307,18 @@ class BatchDecoder:
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for b in reversed(self.buckets):
-                for _ in range(2):
-                    self._decode_step(b)
-                    self.positions.fill_(self.cache.scratch_position)
+                for span in reversed(self.span_buckets):
+                    for _ in range(2):
+                        self._decode_step(b, span)
+                        self.positions.fill_(self.cache.scratch_position)
         torch.cuda.current_stream().wait_stream(stream)
         pool = torch.cuda.graph_pool_handle()
         for b in reversed(self.buckets):
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                self._decode_step(b)
-            self._graphs[b] = graph
+            for span in reversed(self.span_buckets):
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool):
+                    self._decode_step(b, span)
+                self._graphs[(b, span)] = graph
         torch.cuda.synchronize()
         self.tokens.zero_()
         self.positions.fill_(self.cache.scratch_position)
