@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from gar_tools.model.decoder import BatchDecoder, default_buckets, default_span_buckets
 from gar_tools.model.kv_cache import StaticKVCache
+from gar_tools.model.tiny import tiny_checkpoint_path
 
 
 def test_static_cache_shapes_and_bytes() -> None:
@@ -87,3 +94,16 @@ def test_cuda_graph_decode_equals_eager(tiny_pipeline, mixed_requests) -> None:
         assert [results[1][0][s] for s in range(3)] == [r.expected[1] for r in chosen]
     finally:
         tiny_pipeline.model.to("cpu")
+
+
+def test_benchmark_script_runs() -> None:
+    """CPU smoke run of benchmarks/decode_batching.py on the cached tiny checkpoint."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "decode_batching.py"
+    args = ["--model", str(tiny_checkpoint_path()), "--batch", "1", "2", "--prompt-tokens", "64", "--new-tokens", "8"]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, str(script), *args], env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    modes = [(r["mode"], r["batch"]) for r in report["results"]]
+    assert modes == [("transformers_generate", 1), ("eager", 1), ("eager", 2)]
+    assert all(r["tokens_per_s"] > 0 for r in report["results"])
