@@ -119,3 +119,24 @@ def test_region_over_every_tile_keeps_nothing(tiny_pipeline) -> None:
     out = cache.image_features(pipeline.model, prepared, image_digest(image))
     assert torch.equal(out, pipeline.model.encode_images(prepared.pixel_values, prepared.prompt_pixel_values))
     assert cache.stats()["tile_hits"] == 0 and cache.stats()["images"] == 0  # nothing untouched to keep
+
+
+def test_fixed_size_chunks_give_the_same_features(tiny_pipeline, demo3) -> None:
+    """chunk_tiles=3 on a 2×2 grid: calls of exactly 3 tiles (the last padded with blank tiles), same features."""
+    image, masks = demo3
+    pipeline = with_max_tiles(tiny_pipeline, 4)
+    model = pipeline.model
+    prepared = pipeline.prepare(image, masks[:2], "<Prompt0> or <Prompt1>?")
+    expected = model.encode_images(prepared.pixel_values, prepared.prompt_pixel_values)
+    cache = TileFeatureCache(chunk_tiles=3)
+    spy = VisionSpy(model)
+    try:
+        features = cache.image_features(model, prepared, image_digest(image))
+        sizes = [call.shape[0] for call in spy.calls]
+    finally:
+        spy.remove()
+    assert torch.equal(features, expected)
+    assert prepared.pixel_values.shape[0] == 5 and sizes == [3, 3]
+    assert TileFeatureCache(device="cuda").chunk_tiles == 4 and TileFeatureCache().chunk_tiles is None
+    with pytest.raises(ValueError, match="chunk_tiles"):
+        TileFeatureCache(chunk_tiles=0)

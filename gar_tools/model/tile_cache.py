@@ -57,16 +57,32 @@ class TileFeatureCache:
     Args:
         max_bytes: bound on the bytes of cached features (default: :data:`DEFAULT_CPU_BYTES`, or
             :data:`DEFAULT_CUDA_BYTES` when ``device`` is CUDA). 0 disables caching.
-        device: where the model runs (only picks the default bound).
+        device: where the model runs (picks the default bound and chunking).
+        chunk_tiles: run the vision tower on exactly this many tiles per call (the last call padded with blank
+            tiles), so a tile's features never depend on how many tiles share its batch — on CUDA, kernels picked
+            by batch size can round differently. Default: 4 on CUDA, none (one call per request) on CPU, where
+            the tile count does not change results (the tests check it). For cached and uncached features to be
+            bit-identical on a GPU, produce both through this method (``max_bytes=0`` caches nothing).
     """
 
-    def __init__(self, max_bytes: int | None = None, *, device: torch.device | str | None = None) -> None:
+    def __init__(
+        self,
+        max_bytes: int | None = None,
+        *,
+        device: torch.device | str | None = None,
+        chunk_tiles: int | None | str = "auto",
+    ) -> None:
+        on_cuda = device is not None and torch.device(device).type == "cuda"
         if max_bytes is None:
-            on_cuda = device is not None and torch.device(device).type == "cuda"
             max_bytes = DEFAULT_CUDA_BYTES if on_cuda else DEFAULT_CPU_BYTES
         if max_bytes < 0:
             raise ValueError("max_bytes must be >= 0")
         self.max_bytes = int(max_bytes)
+        if chunk_tiles == "auto":
+            chunk_tiles = 4 if on_cuda else None
+        if chunk_tiles is not None and (not isinstance(chunk_tiles, int) or chunk_tiles < 1):
+            raise ValueError(f"chunk_tiles must be a positive integer or None, got {chunk_tiles!r}")
+        self.chunk_tiles: int | None = chunk_tiles
         self._entries: OrderedDict[_CacheKey, _Entry] = OrderedDict()
         self.nbytes = 0
         self.hits = 0  # tiles taken from the cache
@@ -104,10 +120,11 @@ class TileFeatureCache:
 
         ``digest`` is :func:`image_digest` of the image ``prepared`` was built from.
 
-        Exactness: tiles are independent in the vision tower, and on CPU (and CUDA) the features of one tile do
-        not depend on which other tiles share its batch (each tile is its own row block of every matmul; the tests
-        check this with ``torch.equal``). Untouched tiles encoded here get an exactly zero mask embedding, so
-        what is stored equals their no-mask features.
+        Exactness: tiles are independent in the vision tower; on CPU the features of one tile do not depend on
+        which other tiles share its batch (each tile is its own row block of every matmul; the tests check this
+        with ``torch.equal``), and on CUDA ``chunk_tiles`` fixes the batch size so kernel choice cannot vary.
+        Untouched tiles encoded here get an exactly zero mask embedding, so what is stored equals their no-mask
+        features.
         """
         count = int(prepared.pixel_values.shape[0])  # 1 + T
         touched = touched_tiles(prepared.prompt_pixel_values, model.config.prompt_numbers).tolist()
@@ -123,11 +140,29 @@ class TileFeatureCache:
         parts: dict[int, torch.Tensor] = dict(reused)
         if encode:
             index = torch.tensor(encode)
-            fresh = model.encode_images(prepared.pixel_values[index], prepared.prompt_pixel_values[index])
+            fresh = self._encode(model, prepared.pixel_values[index], prepared.prompt_pixel_values[index])
             for row, tile in enumerate(encode):  # [len(encode), 256, hidden]
                 parts[tile] = fresh[row]
             self._store(key, {tile: fresh[row].clone() for row, tile in enumerate(encode) if not touched[tile]})
         return torch.stack([parts[i] for i in range(count)])  # [1 + T, 256, hidden]
+
+    def _encode(self, model: GarModel, pixels: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
+        """``model.encode_images`` on ``[N, 3, 448, 448]`` tiles, in calls of exactly ``chunk_tiles`` when set."""
+        if self.chunk_tiles is None:
+            return model.encode_images(pixels, prompts)
+        size, count = self.chunk_tiles, pixels.shape[0]
+        background = model.config.prompt_numbers / 127.5 - 1.0  # the normalized "no region" prompt value
+        parts = []
+        for start in range(0, count, size):
+            chunk_pixels, chunk_prompts = pixels[start : start + size], prompts[start : start + size]
+            pad = size - chunk_pixels.shape[0]
+            if pad:
+                chunk_pixels = torch.cat([chunk_pixels, chunk_pixels.new_zeros((pad, *chunk_pixels.shape[1:]))])
+                chunk_prompts = torch.cat(
+                    [chunk_prompts, chunk_prompts.new_full((pad, *chunk_prompts.shape[1:]), background)]
+                )
+            parts.append(model.encode_images(chunk_pixels, chunk_prompts)[: size - pad])  # [≤ size, 256, hidden]
+        return torch.cat(parts)
 
     def _store(self, key: _CacheKey, tiles: dict[int, torch.Tensor]) -> None:
         if not tiles or self.max_bytes == 0:
