@@ -185,3 +185,28 @@ def test_late_readback_still_gives_batch_one_ids(tiny_pipeline, mixed_requests) 
         outputs = [h.result(timeout=120) for h in handles]
     assert [o.token_ids for o in outputs] == [r.expected for r in chosen]
     assert outputs[2].stopped_by_eos and decoder.not_ready > 0
+
+
+@pytest.mark.gpu
+def test_cuda_graph_scheduler_equals_generate_on_cuda(tiny_pipeline, mixed_requests) -> None:
+    """On CUDA (graphs, ids read back late): the same ids as generate alone on CUDA, EOS cut included."""
+    model = tiny_pipeline.model.to("cuda")
+    try:
+        chosen = [mixed_requests[i] for i in (1, 5, 9, 12, 13)]
+        expected = []
+        for r in chosen:
+            ids = r.pipeline.generate(r.prepared, max_new_tokens=r.max_new_tokens).token_ids
+            cut = [i for i, t in enumerate(ids) if t in r.eos_token_ids]
+            expected.append(ids[: cut[0] + 1] if cut else ids)
+        longest = max(r.prepared.input_ids.shape[1] + r.max_new_tokens for r in chosen)
+        decoder = BatchDecoder(model, slots=4, max_len=longest + 1)
+        assert decoder.use_cuda_graphs
+        with ContinuousBatcher(decoder, readback_lag=4, prefill_chunk_tokens=1024) as batcher:
+            handles = [
+                batcher.submit(r.build_embeds, max_new_tokens=r.max_new_tokens, eos_token_ids=r.eos_token_ids)
+                for r in chosen
+            ]
+            outputs = [h.result(timeout=120) for h in handles]
+        assert [o.token_ids for o in outputs] == expected
+    finally:
+        tiny_pipeline.model.to("cpu")

@@ -140,3 +140,21 @@ def test_fixed_size_chunks_give_the_same_features(tiny_pipeline, demo3) -> None:
     assert TileFeatureCache(device="cuda").chunk_tiles == 4 and TileFeatureCache().chunk_tiles is None
     with pytest.raises(ValueError, match="chunk_tiles"):
         TileFeatureCache(chunk_tiles=0)
+
+
+@pytest.mark.gpu
+def test_cuda_cached_features_equal_uncached_through_the_same_chunks(tiny_pipeline, demo1) -> None:
+    """On CUDA: features from the cache equal features computed without it (both in chunks of 4 tiles)."""
+    image, mask = demo1
+    model = tiny_pipeline.model.to("cuda")
+    try:
+        cache, off = TileFeatureCache(device="cuda"), TileFeatureCache(max_bytes=0, device="cuda")
+        digest = image_digest(image)
+        for regions in ([mask], [_box(image.size, 0.05, 0.05, 0.2, 0.2)], [mask]):
+            prepared = tiny_pipeline.prepare(image, regions)
+            assert torch.equal(
+                cache.image_features(model, prepared, digest), off.image_features(model, prepared, digest)
+            )
+        assert cache.stats()["tile_hits"] > 0
+    finally:
+        tiny_pipeline.model.to("cpu")
