@@ -200,9 +200,15 @@ class BatchDecoder:
             self.cache.values[i][slot, :, start:end] = v[0]
             keys = self.cache.keys[i][slot : slot + 1, :, :end]  # [1, KV, end, D]
             values = self.cache.values[i][slot : slot + 1, :, :end]
-            out = F.scaled_dot_product_attention(
-                q, keys, values, attn_mask=causal, is_causal=causal is None, scale=attn.scaling, enable_gqa=True
-            )  # [1, H, L, D]
+            if causal is None:  # whole prompt or first chunk: plain causal attention, GQA inside the kernel
+                out = F.scaled_dot_product_attention(
+                    q, keys, values, is_causal=True, scale=attn.scaling, enable_gqa=True
+                )
+            else:  # masked kernels take no GQA: repeat each KV head for its query heads (as transformers' repeat_kv)
+                groups = self.num_heads // self.num_kv_heads
+                keys, values = keys.repeat_interleave(groups, dim=1), values.repeat_interleave(groups, dim=1)
+                out = F.scaled_dot_product_attention(q, keys, values, attn_mask=causal, scale=attn.scaling)
+            # out: [1, H, L, D]
             x = x + attn.o_proj(out.transpose(1, 2).reshape(1, length, -1))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         last = self.lm.norm(x[:, -1])  # [1, hidden]
