@@ -16,6 +16,25 @@ Slots are taken lowest first and a step runs rows ``0 … highest running slot``
 A full queue raises :class:`EngineBusyError`. Results are :class:`concurrent.futures.Future` objects behind
 :class:`GenerationHandle`, awaitable from an event loop; cancelling the handle (or the awaiting task) frees the
 slot.
+
+How an engine drives it (one batcher per loaded model; the model thread is the batcher's)::
+
+    decoder = BatchDecoder(pipeline.model, slots=16, max_len=8192)        # CUDA graphs captured here on GPU
+    batcher = ContinuousBatcher(decoder, kv_budget_tokens=..., max_queue=64, prefill_chunk_tokens=2048).start()
+    tiles = TileFeatureCache(device=pipeline.device)                      # touched only on the model thread
+    digest = image_digest(image)                                          # off the model thread
+    prepared = pipeline.prepare(image, masks, question)                   # off the model thread
+    stream = TextStream(pipeline.processor.tokenizer)
+    handle = batcher.submit(
+        lambda: pipeline.embed(prepared, tiles.image_features(pipeline.model, prepared, digest)),
+        max_new_tokens=n,
+        eos_token_ids=[pipeline.processor.tokenizer.eos_token_id],
+        on_token=lambda ids: send(stream.push(ids)),                      # with loop=…: runs on the event loop
+        loop=asyncio.get_running_loop(),
+    )
+    output = await handle                     # (EngineBusyError came from submit if the queue was full)
+    send(stream.finish())
+    text = stream.text                        # == tokenizer.decode(output.token_ids, skip_special_tokens=True).strip()
 """
 
 from __future__ import annotations
