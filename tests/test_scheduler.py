@@ -210,3 +210,48 @@ def test_cuda_graph_scheduler_equals_generate_on_cuda(tiny_pipeline, mixed_reque
         assert [o.token_ids for o in outputs] == expected
     finally:
         tiny_pipeline.model.to("cpu")
+
+
+def test_engine_style_use_streams_the_generate_text(tiny_pipeline, demo3) -> None:
+    """As the module docstring shows: tile cache + TextStream + event loop; four requests on one image."""
+    from batching_requests import with_max_tiles
+
+    from gar_tools.model.detokenize import TextStream
+    from gar_tools.model.tile_cache import TileFeatureCache, image_digest
+
+    image, masks = demo3
+    pipeline = with_max_tiles(tiny_pipeline, 4)
+    tokenizer = pipeline.processor.tokenizer
+    jobs = [
+        (masks[2:], None),
+        (masks, "<Prompt0>, <Prompt1>, <Prompt2>?"),
+        (masks[:2], "<Prompt1> vs <Prompt0>"),
+        (masks[2:], "What is <Prompt0>?"),  # the first request's untouched tiles come from the cache
+    ]
+    prepared = [pipeline.prepare(image, m, q) for m, q in jobs]
+    expected = [pipeline.generate(p, max_new_tokens=6).text for p in prepared]
+    longest = max(p.input_ids.shape[1] for p in prepared) + 6
+    tiles = TileFeatureCache()
+    digest = image_digest(image)
+
+    async def one(batcher: ContinuousBatcher, p) -> tuple[str, str]:
+        stream, sent = TextStream(tokenizer), []
+        handle = batcher.submit(
+            lambda: pipeline.embed(p, tiles.image_features(pipeline.model, p, digest)),
+            max_new_tokens=6,
+            eos_token_ids=[tokenizer.eos_token_id],
+            on_token=lambda ids: sent.append(stream.push(ids)),
+            loop=asyncio.get_running_loop(),
+        )
+        await handle
+        await asyncio.sleep(0)  # the last on_token call was scheduled on this loop before the result
+        sent.append(stream.finish())
+        return "".join(sent), stream.text
+
+    async def main(batcher: ContinuousBatcher) -> list[tuple[str, str]]:
+        return await asyncio.gather(*(one(batcher, p) for p in prepared))
+
+    with ContinuousBatcher(BatchDecoder(pipeline.model, slots=4, max_len=longest + 1)) as batcher:
+        results = asyncio.run(main(batcher))
+    assert [r[0] for r in results] == expected and [r[1] for r in results] == expected
+    assert tiles.stats()["tile_hits"] > 0
