@@ -14,6 +14,7 @@ __all__ = [
     "RegionError",
     "CheckpointError",
     "EngineError",
+    "EngineBusyError",
 ]
 
 
@@ -52,3 +53,14 @@ class CheckpointError(GarToolsError):
 
 class EngineError(GarToolsError):
     """The engine failed to run a request (worker unreachable, model failure)."""
+
+
+class EngineBusyError(EngineError):
+    """The engine's queue is full; try again later.
+
+    ``retry_after_s`` is a hint (seconds) for when a slot is likely to be free, e.g. for an HTTP ``Retry-After``.
+    """
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+        self.retry_after_s = float(retry_after_s)
+        super().__init__(message)

@@ -47,3 +47,11 @@ def demo3() -> tuple[Image.Image, list[np.ndarray]]:
     image = Image.open(ASSETS / "demo_image_3.png").convert("RGB")
     masks = [np.asarray(Image.open(ASSETS / f"demo_mask_3_{i}.png").convert("L")) > 0 for i in range(3)]
     return image, masks
+
+
+@pytest.fixture(scope="session")
+def mixed_requests(tiny_pipeline):
+    """16 mixed requests with their batch-1 greedy ids (see tests/batching_requests.py)."""
+    from batching_requests import build_mixed_requests
+
+    return build_mixed_requests(tiny_pipeline)

@@ -13,6 +13,9 @@ from gar_tools._lazy import lazy_getattr
 if TYPE_CHECKING:
     from gar_tools.model.checkpoint import read_state_dict, resolve_checkpoint, save_checkpoint
     from gar_tools.model.config import GarConfig
+    from gar_tools.model.decoder import BatchDecoder, PendingTokens
+    from gar_tools.model.detokenize import TextStream
+    from gar_tools.model.kv_cache import StaticKVCache
     from gar_tools.model.modeling import GarModel, Geometry
     from gar_tools.model.pipeline import DTYPES, GarPipeline, Generation, checkpoint_folder, load
     from gar_tools.model.processing import (
@@ -22,10 +25,19 @@ if TYPE_CHECKING:
         select_tile_grid,
         visual_prompt_map,
     )
-    from gar_tools.model.tiny import TINY_NAME, build_tiny_checkpoint, tiny_checkpoint_path
+    from gar_tools.model.tile_cache import TileFeatureCache, image_digest
+    from gar_tools.model.tiny import PRESETS, TINY_NAME, SizePreset, build_tiny_checkpoint, tiny_checkpoint_path
 
 __all__ = [
+    "BatchDecoder",
     "DTYPES",
+    "PRESETS",
+    "PendingTokens",
+    "SizePreset",
+    "StaticKVCache",
+    "TextStream",
+    "TileFeatureCache",
+    "image_digest",
     "TINY_NAME",
     "GarConfig",
     "GarModel",
@@ -51,6 +63,14 @@ _LAZY = {
     "resolve_checkpoint": "gar_tools.model.checkpoint",
     "save_checkpoint": "gar_tools.model.checkpoint",
     "GarConfig": "gar_tools.model.config",
+    "BatchDecoder": "gar_tools.model.decoder",
+    "PendingTokens": "gar_tools.model.decoder",
+    "TextStream": "gar_tools.model.detokenize",
+    "StaticKVCache": "gar_tools.model.kv_cache",
+    "TileFeatureCache": "gar_tools.model.tile_cache",
+    "image_digest": "gar_tools.model.tile_cache",
+    "PRESETS": "gar_tools.model.tiny",
+    "SizePreset": "gar_tools.model.tiny",
     "GarModel": "gar_tools.model.modeling",
     "Geometry": "gar_tools.model.modeling",
     "DTYPES": "gar_tools.model.pipeline",

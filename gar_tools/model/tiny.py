@@ -11,6 +11,11 @@ PE-style ViT of width 32 and a 2-layer Llama of width 64, with untied input/outp
 model only repeats its last prompt token; the tied path is tested separately). It is built deterministically
 (same seed, same tensors) in a few seconds on CPU and cached; it loads through the same loader as a real
 checkpoint.
+
+Size presets (:data:`PRESETS`, ``build_tiny_checkpoint(folder, preset=...)``): ``"tiny"`` (the default, above),
+``"gar-1b"`` and ``"gar-8b"`` — random weights at the released checkpoints' real dimensions, in the same layout,
+for benchmarks on GPU machines without hub access. Those are built on the meta device and drawn straight on the
+target device in bf16; never in CI.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import json
 import os
 import shutil
 import tempfile
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +34,14 @@ import torch
 
 from gar_tools.model.checkpoint import build_model, save_checkpoint
 from gar_tools.model.config import UPSTREAM_CROP_TOKEN_IDS, GarConfig
+from gar_tools.model.modeling import GarModel
 
 __all__ = [
     "TINY_NAME",
     "TINY_SPEC_VERSION",
     "tiny_config",
+    "SizePreset",
+    "PRESETS",
     "build_tiny_checkpoint",
     "tiny_checkpoint_path",
     "CHAT_TEMPLATE",
@@ -80,14 +90,116 @@ def _special_token_name(token_id: int) -> str:
     return named.get(token_id, f"<|reserved_special_token_{token_id - 128005}|>")
 
 
-def tiny_config(max_num_tiles: int = 16, tie_word_embeddings: bool = False) -> GarConfig:
-    """The tiny model's GAR config: PE-style timm ViT (448 px, patch 14, CLS, RoPE) + small Llama 3."""
+@dataclass(frozen=True)
+class SizePreset:
+    """The dimensions of a random-weight GAR checkpoint: PE-style timm ViT + Llama 3.
+
+    ``tiny`` is the test model; ``gar-1b`` and ``gar-8b`` have the released checkpoints' real shapes (for
+    benchmarks on machines without hub access; their weights are random too, so their text is meaningless).
+    """
+
+    name: str
+    vision_architecture: str
+    vision_dim: int
+    vision_depth: int
+    vision_heads: int
+    vision_cls_token: bool
+    hidden_size: int
+    intermediate_size: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    rope_parameters: dict[str, Any]
+    tie_word_embeddings: bool
+    max_position_embeddings: int
+    max_num_tiles: int = 16
+
+
+_LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0}
+
+#: Size presets by name. ``gar-1b``: PLM-1B (PE-L/14 448, 23 blocks, CLS; Llama 3.2-1B, tied embeddings,
+#: trained with 16 tiles). ``gar-8b``: PLM-8B (PE-G/14 448, 50 blocks, no CLS; Llama 3.1-8B; ships 8 tiles).
+PRESETS: dict[str, SizePreset] = {
+    "tiny": SizePreset(
+        name="tiny",
+        vision_architecture="vit_pe_core_large_patch14_336",
+        vision_dim=32,
+        vision_depth=2,
+        vision_heads=2,
+        vision_cls_token=True,
+        hidden_size=64,
+        intermediate_size=128,
+        layers=2,
+        heads=4,
+        kv_heads=2,
+        head_dim=16,
+        rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
+        tie_word_embeddings=False,
+        max_position_embeddings=16384,
+    ),
+    "gar-1b": SizePreset(
+        name="gar-1b",
+        vision_architecture="vit_pe_core_large_patch14_336",
+        vision_dim=1024,
+        vision_depth=23,
+        vision_heads=16,
+        vision_cls_token=True,
+        hidden_size=2048,
+        intermediate_size=8192,
+        layers=16,
+        heads=32,
+        kv_heads=8,
+        head_dim=64,
+        rope_parameters={**_LLAMA3_ROPE, "factor": 32.0, "original_max_position_embeddings": 8192},
+        tie_word_embeddings=True,
+        max_position_embeddings=131072,
+        max_num_tiles=16,
+    ),
+    "gar-8b": SizePreset(
+        name="gar-8b",
+        vision_architecture="vit_pe_core_gigantic_patch14_448",
+        vision_dim=1536,
+        vision_depth=50,
+        vision_heads=16,
+        vision_cls_token=False,
+        hidden_size=4096,
+        intermediate_size=14336,
+        layers=32,
+        heads=32,
+        kv_heads=8,
+        head_dim=128,
+        rope_parameters={**_LLAMA3_ROPE, "factor": 8.0, "original_max_position_embeddings": 8192},
+        tie_word_embeddings=False,
+        max_position_embeddings=131072,
+        max_num_tiles=8,
+    ),
+}
+
+
+def _preset(preset: str | SizePreset) -> SizePreset:
+    if isinstance(preset, SizePreset):
+        return preset
+    if preset not in PRESETS:
+        raise ValueError(f"unknown size preset {preset!r}; use one of {', '.join(PRESETS)} or a SizePreset")
+    return PRESETS[preset]
+
+
+def tiny_config(
+    max_num_tiles: int = 16, tie_word_embeddings: bool | None = None, preset: str | SizePreset = "tiny"
+) -> GarConfig:
+    """The GAR config of a random checkpoint: PE-style timm ViT (448 px, patch 14, RoPE) + Llama 3 of ``preset``.
+
+    ``tie_word_embeddings=None`` takes the preset's (untied for ``tiny``).
+    """
+    size = _preset(preset)
+    tied = size.tie_word_embeddings if tie_word_embeddings is None else tie_word_embeddings
     vision = {
-        "architecture": "vit_pe_core_large_patch14_336",
+        "architecture": size.vision_architecture,
         "model_args": {
-            "embed_dim": 32,
-            "depth": 2,
-            "num_heads": 2,
+            "embed_dim": size.vision_dim,
+            "depth": size.vision_depth,
+            "num_heads": size.vision_heads,
             "img_size": [448, 448],
             "ref_feat_shape": [32, 32],
             "global_pool": "",
@@ -96,19 +208,21 @@ def tiny_config(max_num_tiles: int = 16, tie_word_embeddings: bool = False) -> G
         },
         "model_type": "timm_wrapper",
     }
+    if not size.vision_cls_token:
+        vision["model_args"]["class_token"] = False
     text = {
         "model_type": "llama",
         "vocab_size": VOCAB_SIZE,
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "head_dim": 16,
-        "max_position_embeddings": 16384,
+        "hidden_size": size.hidden_size,
+        "intermediate_size": size.intermediate_size,
+        "num_hidden_layers": size.layers,
+        "num_attention_heads": size.heads,
+        "num_key_value_heads": size.kv_heads,
+        "head_dim": size.head_dim,
+        "max_position_embeddings": size.max_position_embeddings,
         "rms_norm_eps": 1e-5,
-        "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0},
-        "tie_word_embeddings": tie_word_embeddings,
+        "rope_parameters": dict(size.rope_parameters),
+        "tie_word_embeddings": tied,
         "bos_token_id": 128000,
         "eos_token_id": 128009,
         "pad_token_id": 128001,
@@ -117,17 +231,20 @@ def tiny_config(max_num_tiles: int = 16, tie_word_embeddings: bool = False) -> G
         "model_type": "perception_lm",
         "vision_config": vision,
         "text_config": text,
-        "vision_use_cls_token": True,
+        "vision_use_cls_token": size.vision_cls_token,
         "projector_pooling_ratio": 2,
         "image_token_id": 128002,
         "video_token_id": 128003,
-        "tie_word_embeddings": tie_word_embeddings,
+        "tie_word_embeddings": tied,
     }
+    extra: dict[str, Any] = {"architectures": ["GARModel"], "torch_dtype": "bfloat16", "tiny_random_weights": True}
+    if size.name != "tiny":
+        extra["size_preset"] = size.name
     return GarConfig(
         mllm_config=mllm,
         prompt_numbers=5,
         crop_tokens_ids=list(UPSTREAM_CROP_TOKEN_IDS),
-        extra={"architectures": ["GARModel"], "torch_dtype": "bfloat16", "tiny_random_weights": True},
+        extra=extra,
     )
 
 
@@ -204,21 +321,58 @@ def _random_fill(model: torch.nn.Module, seed: int) -> None:
                 param.copy_(torch.randn(param.shape, generator=generator, dtype=torch.float32) * 0.02)
 
 
+def _random_fill_on(model: torch.nn.Module, seed: int, dtype: torch.dtype, device: torch.device) -> None:
+    """Materialize parameters built on the meta device straight on ``device`` in ``dtype``: N(0, 0.02) from one
+    generator per parameter (seeded from its name, so any order gives the same weights), norms 1, biases 0."""
+    for name, param in model.named_parameters():
+        module_name, _, attr = name.rpartition(".")
+        module = model.get_submodule(module_name)
+        value = torch.empty(param.shape, dtype=dtype, device=device)
+        if name.endswith(".bias"):
+            value.zero_()
+        elif param.ndim == 1 and "norm" in name:
+            value.fill_(1.0)
+        else:
+            generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+            value.normal_(0.0, 0.02, generator=generator)
+        module._parameters[attr] = torch.nn.Parameter(value, requires_grad=False)
+
+
 def build_tiny_checkpoint(
     folder: Path,
     *,
     seed: int = 0,
-    max_num_tiles: int = 16,
-    tie_word_embeddings: bool = False,
+    max_num_tiles: int | None = None,
+    tie_word_embeddings: bool | None = None,
     max_shard_bytes: int | None = None,
+    preset: str | SizePreset = "tiny",
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.bfloat16,
 ) -> Path:
-    """Write the tiny checkpoint to ``folder`` (created) and return it."""
-    config = tiny_config(max_num_tiles=max_num_tiles, tie_word_embeddings=tie_word_embeddings)
-    model = build_model(config, torch.float32, on_meta=False)
-    _random_fill(model, seed)
+    """Write a random-weight checkpoint of ``preset``'s size to ``folder`` (created) and return it.
+
+    ``tiny`` (the default) is built in float32 on CPU from one generator, exactly as always (its cache key does
+    not change). Other presets (``gar-1b``, ``gar-8b``, or a custom :class:`SizePreset`) are built without any
+    float32 copy or CPU init: modules on the meta device, then each parameter drawn directly in ``dtype`` on
+    ``device`` (use ``device="cuda"`` on a GPU machine: GAR-8B is ~17 GB in bf16), saved in shards of
+    ``max_shard_bytes`` (default 4 GiB). Load the folder with :func:`gar_tools.model.load`.
+    """
+    size = _preset(preset)
+    tiles = size.max_num_tiles if max_num_tiles is None else max_num_tiles
+    config = tiny_config(max_num_tiles=tiles, tie_word_embeddings=tie_word_embeddings, preset=size)
+    if size.name == "tiny":
+        model = build_model(config, torch.float32, on_meta=False)
+        _random_fill(model, seed)
+    else:
+        with torch.device("meta"):
+            model = GarModel(config)
+        model.eval().requires_grad_(False)
+        _random_fill_on(model, seed, dtype, torch.device(device))
+        max_shard_bytes = max_shard_bytes or 4 * 2**30
     model.tie_weights_if_configured()
     save_checkpoint(model, folder, max_shard_bytes=max_shard_bytes, dtype=torch.bfloat16)
-    _build_tokenizer_files(folder, max_num_tiles)
+    del model
+    _build_tokenizer_files(folder, tiles)
     return folder
 
 

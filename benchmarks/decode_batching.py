@@ -1,0 +1,134 @@
+"""Benchmark batched greedy decoding from the static KV cache: eager vs CUDA graphs, per batch size. Prints JSON.
+
+Builds a random-weight checkpoint of a size preset (default ``gar-1b``: GAR-1B's real dimensions) straight on the
+device, loads it through ``gar_tools.model.load``, prefills ``--batch`` sequences of ``--prompt-tokens`` random
+token embeddings and times ``--new-tokens`` decode steps. The baseline, in the same run, is transformers'
+``generate`` at batch 1 (dynamic cache). Without CUDA it runs the ``tiny`` preset for a smoke test; CPU figures
+say nothing about GPUs.
+
+    python benchmarks/decode_batching.py [--preset gar-1b|gar-8b|tiny] [--model FOLDER] [--batch 1 8 32]
+        [--prompt-tokens 4700] [--new-tokens 128] [--dtype bf16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gar_tools.model import load
+from gar_tools.model.decoder import BatchDecoder
+from gar_tools.model.tiny import build_tiny_checkpoint
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _prompts(pipeline: Any, batch: int, length: int, seed: int = 0) -> list[torch.Tensor]:
+    """``batch`` prompt embeddings [length, hidden] of random (non-special) tokens."""
+    generator = torch.Generator().manual_seed(seed)
+    embed = pipeline.model.mllm.get_input_embeddings()
+    return [embed(torch.randint(0, 128000, (length,), generator=generator).to(pipeline.device)) for _ in range(batch)]
+
+
+def run_decoder(pipeline: Any, batch: int, prompts: list[torch.Tensor], new_tokens: int, graphs: bool) -> dict:
+    device = pipeline.device
+    max_len = prompts[0].shape[0] + new_tokens + 2
+    start = time.perf_counter()
+    decoder = BatchDecoder(pipeline.model, slots=batch, max_len=max_len, cuda_graphs=graphs)
+    _sync(device)
+    setup_s = time.perf_counter() - start
+    start = time.perf_counter()
+    for slot, embeds in enumerate(prompts[:batch]):
+        first = int(decoder.prefill(slot, embeds).argmax())
+        decoder.activate(slot, first, embeds.shape[0])
+    _sync(device)
+    prefill_ms = (time.perf_counter() - start) * 1000 / batch
+    for _ in range(3):  # warm-up steps (positions move on; the cache has room for them)
+        decoder.step(batch)
+    _sync(device)
+    start = time.perf_counter()
+    pending = [decoder.step(batch) for _ in range(new_tokens - 4)]
+    ids = [p.tolist() for p in pending]
+    _sync(device)
+    elapsed = time.perf_counter() - start
+    steps = len(ids)
+    return {
+        "batch": batch,
+        "mode": "cuda_graphs" if graphs else "eager",
+        "setup_s": round(setup_s, 3),
+        "prefill_ms_per_sequence": round(prefill_ms, 2),
+        "step_ms": round(elapsed * 1000 / steps, 3),
+        "tokens_per_s": round(batch * steps / elapsed, 1),
+        "kv_cache_bytes": decoder.cache.nbytes,
+    }
+
+
+def run_generate_baseline(pipeline: Any, prompt: torch.Tensor, new_tokens: int) -> dict:
+    embeds = prompt[None]
+    mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+    kwargs = {"inputs_embeds": embeds, "attention_mask": mask, "do_sample": False, "pad_token_id": 128001}
+    pipeline.model.mllm.generate(**kwargs, max_new_tokens=4, min_new_tokens=4)
+    _sync(pipeline.device)
+    start = time.perf_counter()
+    out = pipeline.model.mllm.generate(**kwargs, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+    _sync(pipeline.device)
+    elapsed = time.perf_counter() - start
+    return {"batch": 1, "mode": "transformers_generate", "tokens_per_s": round(out.shape[1] / elapsed, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default=None, help="gar-1b (CUDA default), gar-8b, tiny (CPU default)")
+    parser.add_argument("--model", default=None, help="an existing checkpoint folder instead of building one")
+    parser.add_argument("--batch", type=int, nargs="+", default=None)
+    parser.add_argument("--prompt-tokens", type=int, default=None)
+    parser.add_argument("--new-tokens", type=int, default=None)
+    parser.add_argument("--dtype", default=None, help="bf16 (CUDA default) or fp32 (CPU default)")
+    args = parser.parse_args()
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    preset = args.preset or ("gar-1b" if cuda else "tiny")
+    batches = args.batch or ([1, 8, 32] if cuda else [1, 4])
+    prompt_tokens = args.prompt_tokens or (4700 if cuda else 600)
+    new_tokens = args.new_tokens or (128 if cuda else 12)
+    dtype = args.dtype or ("bf16" if cuda else "fp32")
+    with tempfile.TemporaryDirectory(prefix="gar-bench-") as tmp:
+        start = time.perf_counter()
+        if args.model:
+            folder = Path(args.model)
+        else:
+            folder = build_tiny_checkpoint(Path(tmp) / preset, preset=preset, device=device)
+        build_s = time.perf_counter() - start
+        pipeline = load(folder, device=str(device), dtype=dtype)
+    prompts = _prompts(pipeline, max(batches), prompt_tokens)
+    results = [run_generate_baseline(pipeline, prompts[0], new_tokens)]
+    for batch in batches:
+        results.append(run_decoder(pipeline, batch, prompts, new_tokens, graphs=False))
+        if cuda:
+            results.append(run_decoder(pipeline, batch, prompts, new_tokens, graphs=True))
+    report = {
+        "benchmark": "decode_batching",
+        "preset": None if args.model else preset,
+        "model": str(folder) if args.model else None,
+        "device": torch.cuda.get_device_name(device) if cuda else platform.processor() or "cpu",
+        "dtype": dtype,
+        "torch": torch.__version__,
+        "prompt_tokens": prompt_tokens,
+        "new_tokens": new_tokens,
+        "build_and_load_s": round(build_s, 1),
+        "results": results,
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,461 @@
+"""Continuous batching on one model thread: requests join the running decode batch and leave it at once.
+
+One thread owns the model and loops:
+
+1. drop cancelled requests (queued ones leave the queue, running ones free their slot);
+2. admit: the request at the head of the queue gets its embeddings built (its ``build_embeds`` callable, run on
+   this thread: vision tower, RoI replay…), and a slot once one is free within ``max_batch_size`` and the KV
+   budget (prompt + ``max_new_tokens`` tokens reserved); then one prefill chunk of one request runs — so running
+   sequences never wait for more than one chunk between two decode steps;
+3. one decode step for every running slot (:meth:`BatchDecoder.step`); a request whose last token is launched
+   frees its slot at once;
+4. hand new token ids to their requests as their copies reach the host (every step on CPU; on CUDA when ready,
+   at most ``readback_lag`` steps late), stopping a request at its EOS ids.
+
+Slots are taken lowest first and a step runs rows ``0 … highest running slot``, so the batch stays compact.
+A full queue raises :class:`EngineBusyError`. Results are :class:`concurrent.futures.Future` objects behind
+:class:`GenerationHandle`, awaitable from an event loop; cancelling the handle (or the awaiting task) frees the
+slot.
+
+How an engine drives it (one batcher per loaded model; the model thread is the batcher's)::
+
+    decoder = BatchDecoder(pipeline.model, slots=16, max_len=8192)        # CUDA graphs captured here on GPU
+    batcher = ContinuousBatcher(decoder, kv_budget_tokens=..., max_queue=64, prefill_chunk_tokens=2048).start()
+    tiles = TileFeatureCache(device=pipeline.device)                      # touched only on the model thread
+    digest = image_digest(image)                                          # off the model thread
+    prepared = pipeline.prepare(image, masks, question)                   # off the model thread
+    stream = TextStream(pipeline.processor.tokenizer)
+    handle = batcher.submit(
+        lambda: pipeline.embed(prepared, tiles.image_features(pipeline.model, prepared, digest)),
+        max_new_tokens=n,
+        eos_token_ids=[pipeline.processor.tokenizer.eos_token_id],
+        on_token=lambda ids: send(stream.push(ids)),                      # with loop=…: runs on the event loop
+        loop=asyncio.get_running_loop(),
+    )
+    output = await handle                     # (EngineBusyError came from submit if the queue was full)
+    send(stream.finish())
+    text = stream.text                        # == tokenizer.decode(output.token_ids, skip_special_tokens=True).strip()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from gar_tools.errors import EngineBusyError, EngineError, InputError
+from gar_tools.model.decoder import BatchDecoder, PendingTokens
+
+__all__ = ["ContinuousBatcher", "GenerationHandle", "GenerationOutput", "TokenCallback"]
+
+#: Called on the model thread with the new token ids of one request, in order (a text delta once detokenized).
+TokenCallback = Callable[[list[int]], None]
+
+
+@dataclass
+class GenerationOutput:
+    """A finished request: the generated ids (EOS included when it stopped there) and where its time went."""
+
+    token_ids: list[int]
+    stopped_by_eos: bool
+    prompt_tokens: int
+    queue_ms: float  # submit → its embeddings start building
+    encode_ms: float  # build_embeds (vision tower, replay)
+    wait_ms: float  # embeddings built → slot granted (batch or KV budget full)
+    prefill_ms: float  # first chunk → first token known (other requests' decode steps in between included)
+    decode_ms: float  # first token → last token delivered
+
+
+@dataclass(eq=False)
+class _Request:
+    build_embeds: Callable[[], torch.Tensor]
+    max_new_tokens: int
+    eos_token_ids: frozenset[int]
+    on_token: TokenCallback | None
+    future: Future[GenerationOutput]
+    submitted: float = field(default_factory=time.perf_counter)
+    embeds: torch.Tensor | None = None  # [L, hidden] once built, until prefilled
+    prompt_tokens: int = 0  # L
+    slot: int = -1
+    prefilled: int = 0  # prompt tokens already in the cache
+    launched: int = 0  # tokens whose computation was started (the prefill's first token included)
+    token_ids: list[int] = field(default_factory=list)
+    done: bool = False
+    times: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def reserved_tokens(self) -> int:
+        return self.prompt_tokens + self.max_new_tokens
+
+
+class GenerationHandle:
+    """A submitted request: ``await handle``, or :meth:`result`; :meth:`cancel` frees its slot."""
+
+    def __init__(self, future: Future[GenerationOutput], wake: Callable[[], None]) -> None:
+        self.future = future
+        self._wake = wake
+
+    def result(self, timeout: float | None = None) -> GenerationOutput:
+        return self.future.result(timeout)
+
+    def cancel(self) -> bool:
+        cancelled = self.future.cancel()
+        self._wake()
+        return cancelled
+
+    def cancelled(self) -> bool:
+        return self.future.cancelled()
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def __await__(self) -> Any:
+        wrapped = asyncio.wrap_future(self.future)  # cancelling the awaiting task cancels self.future too
+        return wrapped.__await__()
+
+
+class ContinuousBatcher:
+    """The continuous-batching scheduler around one :class:`BatchDecoder`.
+
+    Args:
+        decoder: prefill/decode over the static KV cache (its ``slots`` bound the batch).
+        max_batch_size: most sequences decoding together (default: the decoder's slots).
+        kv_budget_tokens: most tokens reserved in the cache at once, prompt + ``max_new_tokens`` per request
+            (default: all slots full).
+        max_queue: requests waiting beyond the running ones; one more raises :class:`EngineBusyError`.
+        prefill_chunk_tokens: prompt tokens prefilled between two decode steps (``None``: whole prompts).
+        readback_lag: decode steps that may run before their ids are read on the host (CUDA; CPU reads each).
+        retry_after_s: the hint given with :class:`EngineBusyError`.
+    """
+
+    def __init__(
+        self,
+        decoder: BatchDecoder,
+        *,
+        max_batch_size: int | None = None,
+        kv_budget_tokens: int | None = None,
+        max_queue: int = 64,
+        prefill_chunk_tokens: int | None = None,
+        readback_lag: int = 4,
+        retry_after_s: float = 1.0,
+    ) -> None:
+        self.decoder = decoder
+        self.max_batch_size = min(max_batch_size or decoder.slots, decoder.slots)
+        self.kv_budget_tokens = kv_budget_tokens or decoder.slots * decoder.usable_len
+        self.max_queue = max_queue
+        self.prefill_chunk_tokens = prefill_chunk_tokens
+        self.readback_lag = max(1, readback_lag)
+        self.retry_after_s = retry_after_s
+        self._lock = threading.Condition()
+        self._queue: deque[_Request] = deque()  # waiting for a slot (guarded by _lock)
+        self._slots: list[_Request | None] = [None] * decoder.slots  # running or prefilling (model thread only)
+        self._inflight: deque[tuple[PendingTokens, list[_Request]]] = deque()  # launched steps not yet read
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self.peak_batch = 0  # most slots decoding in one step so far
+        self.steps = 0
+
+    # --- lifecycle -----------------------------------------------------------------------------------------------
+    def start(self) -> ContinuousBatcher:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="gar-batcher", daemon=True)
+            self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop the loop; requests not finished are cancelled."""
+        with self._lock:
+            self._closed = True
+            self._lock.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def __enter__(self) -> ContinuousBatcher:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # --- submitting ----------------------------------------------------------------------------------------------
+    def submit(
+        self,
+        build_embeds: Callable[[], torch.Tensor],
+        *,
+        max_new_tokens: int,
+        eos_token_ids: Iterable[int] = (),
+        on_token: TokenCallback | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> GenerationHandle:
+        """Queue a request. ``build_embeds`` runs on the model thread and returns ``[L, hidden]`` (or
+        ``[1, L, hidden]``) prompt embeddings; ``on_token`` gets new ids on the model thread, or through
+        ``loop.call_soon_threadsafe`` on that event loop when ``loop`` is given.
+
+        Raises:
+            InputError: ``max_new_tokens`` < 1.
+            EngineBusyError: the queue already holds ``max_queue`` requests.
+            EngineError: the scheduler is closed.
+        """
+        if max_new_tokens < 1:
+            raise InputError("must be at least 1", field="max_new_tokens")
+        if on_token is not None and loop is not None:
+            callback, target = on_token, loop
+            on_token = lambda ids: target.call_soon_threadsafe(callback, ids)  # noqa: E731
+        future: Future[GenerationOutput] = Future()
+        request = _Request(
+            build_embeds, int(max_new_tokens), frozenset(int(i) for i in eos_token_ids), on_token, future
+        )
+        with self._lock:
+            if self._closed:
+                raise EngineError("the model scheduler is closed")
+            if len(self._queue) >= self.max_queue:
+                raise EngineBusyError(
+                    f"the model is busy: {len(self._queue)} requests are already waiting (max_queue="
+                    f"{self.max_queue}); retry in about {self.retry_after_s:g} s",
+                    retry_after_s=self.retry_after_s,
+                )
+            self._queue.append(request)
+            self._lock.notify_all()
+        future.add_done_callback(lambda _f: self._wake())
+        return GenerationHandle(future, self._wake)
+
+    def _wake(self) -> None:
+        with self._lock:
+            self._lock.notify_all()
+
+    def stats(self) -> dict[str, int]:
+        """Queue, batch and KV-cache figures (for health endpoints and reports)."""
+        running = [r for r in self._slots if r is not None]
+        with self._lock:
+            queued = len(self._queue)
+        return {
+            "queued": queued,
+            "running": len(running),
+            "max_batch_size": self.max_batch_size,
+            "max_queue": self.max_queue,
+            "kv_reserved_tokens": sum(r.reserved_tokens for r in running),
+            "kv_budget_tokens": self.kv_budget_tokens,
+            "kv_cache_bytes": self.decoder.cache.nbytes,
+            "peak_batch": self.peak_batch,
+            "steps": self.steps,
+        }
+
+    # --- the model thread ----------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._lock:
+                    while not self._closed and not self._queue and not self._busy():
+                        self._lock.wait()
+                    if self._closed:
+                        break
+                self._drop_cancelled()
+                self._admit()
+                self._prefill_one_chunk()
+                self._decode()
+                self._read_tokens(block=not self._has_work_besides_reading())
+        except Exception as exc:  # noqa: BLE001 - never leave callers waiting on a dead thread
+            with self._lock:
+                self._closed = True
+            self._shutdown(EngineError(f"the model thread failed: {type(exc).__name__}: {exc}"))
+            raise
+        self._shutdown(None)
+
+    def _busy(self) -> bool:
+        return any(r is not None for r in self._slots) or bool(self._inflight)
+
+    def _has_work_besides_reading(self) -> bool:
+        with self._lock:
+            queued = bool(self._queue)
+        return queued or any(r is not None and not r.done and r.launched < r.max_new_tokens for r in self._slots)
+
+    def _drop_cancelled(self) -> None:
+        with self._lock:
+            for request in [r for r in self._queue if r.future.cancelled()]:
+                self._queue.remove(request)
+        for request in self._slots:
+            if request is not None and request.future.cancelled():
+                self._free(request)
+
+    def _free(self, request: _Request) -> None:
+        """Give the request's slot back (its later in-flight ids are ignored)."""
+        request.done = True
+        if request.slot >= 0 and self._slots[request.slot] is request:
+            self.decoder.release(request.slot)
+            self._slots[request.slot] = None
+        request.embeds = None
+
+    def _admit(self) -> None:
+        """Build the head request's embeddings; give it a slot if one is free within the batch and KV budget."""
+        with self._lock:
+            request = self._queue[0] if self._queue else None
+        if request is None:
+            return
+        if request.embeds is None:
+            request.times["encode_start"] = time.perf_counter()
+            try:
+                embeds = request.build_embeds()
+                request.embeds = embeds[0] if embeds.dim() == 3 else embeds  # [L, hidden]
+                request.prompt_tokens = int(request.embeds.shape[0])
+                if request.reserved_tokens > self.decoder.usable_len:
+                    raise InputError(
+                        f"the prompt ({request.prompt_tokens} tokens) plus max_new_tokens ({request.max_new_tokens}) "
+                        f"does not fit the KV cache's {self.decoder.usable_len} tokens per sequence",
+                        field="max_new_tokens",
+                    )
+            except Exception as exc:  # noqa: BLE001 - the request's own failure goes to its caller
+                with self._lock:
+                    self._queue.remove(request)
+                self._fail(request, exc)
+                return
+            request.times["encoded"] = time.perf_counter()
+        running = [r for r in self._slots if r is not None]
+        free = [i for i, r in enumerate(self._slots) if r is None]
+        reserved = sum(r.reserved_tokens for r in running)
+        if not free or len(running) >= self.max_batch_size:
+            return
+        if reserved + request.reserved_tokens > self.kv_budget_tokens and running:
+            return  # waits for budget (a lone request always runs: it fits one slot)
+        with self._lock:
+            self._queue.popleft()
+        request.slot = free[0]
+        request.times["admitted"] = time.perf_counter()
+        self._slots[request.slot] = request
+
+    def _prefill_one_chunk(self) -> None:
+        """One prefill chunk of the earliest-admitted request still prefilling; its first token when complete."""
+        prefilling = [r for r in self._slots if r is not None and r.embeds is not None and not r.done]
+        if not prefilling:
+            return
+        request = min(prefilling, key=lambda r: r.times["admitted"])
+        assert request.embeds is not None
+        total = request.prompt_tokens
+        chunk = self.prefill_chunk_tokens or total
+        start = request.prefilled
+        end = min(total, start + chunk)
+        request.times.setdefault("prefill_start", time.perf_counter())
+        try:
+            logits = self.decoder.prefill(request.slot, request.embeds[start:end], start=start)  # [vocab]
+        except Exception as exc:  # noqa: BLE001
+            self._free(request)
+            self._fail(request, exc)
+            return
+        request.prefilled = end
+        if end < total:
+            return
+        first = int(logits.argmax())  # one host sync per request, at its first token
+        request.embeds = None
+        request.launched = 1
+        request.times["first_token"] = time.perf_counter()
+        if self._deliver(request, [first]) and request.launched < request.max_new_tokens:
+            self.decoder.activate(request.slot, first, total)
+
+    def _decode(self) -> None:
+        """One decode step for every slot whose sequence still has tokens to launch."""
+        rows = [
+            r
+            for r in self._slots
+            if r is not None and not r.done and r.embeds is None and 0 < r.launched < r.max_new_tokens
+        ]
+        if not rows:
+            return
+        n = max(r.slot for r in rows) + 1
+        try:
+            pending = self.decoder.step(n)
+        except Exception as exc:  # noqa: BLE001 - a failed step fails the requests in it
+            for request in rows:
+                self._free(request)
+                self._fail(request, exc)
+            return
+        self.steps += 1
+        self.peak_batch = max(self.peak_batch, len(rows))
+        for request in rows:
+            request.launched += 1
+            if request.launched >= request.max_new_tokens:
+                self.decoder.release(request.slot)  # its last token is computed: the slot is free for others
+                self._slots[request.slot] = None
+        self._inflight.append((pending, rows))
+
+    def _read_tokens(self, block: bool) -> None:
+        """Deliver ids of steps whose copies have landed; wait when nothing else can run or too many are late."""
+        while self._inflight:
+            pending, rows = self._inflight[0]
+            if not (pending.ready() or block or len(self._inflight) > self.readback_lag):
+                return
+            self._inflight.popleft()
+            ids = pending.tolist()
+            for request in rows:
+                if not request.done:
+                    self._deliver(request, [ids[request.slot]])
+
+    def _deliver(self, request: _Request, ids: list[int]) -> bool:
+        """Append ids to a request; finish it at EOS or ``max_new_tokens``. Returns whether it still runs."""
+        if request.future.cancelled():
+            self._free(request)
+            return False
+        stopped, new = False, []
+        for token in ids:
+            new.append(token)
+            if token in request.eos_token_ids:
+                stopped = True
+                break
+        request.token_ids.extend(new)
+        if request.on_token is not None:
+            try:
+                request.on_token(new)
+            except Exception as exc:  # noqa: BLE001 - a failing callback fails its own request only
+                self._free(request)
+                self._fail(request, exc)
+                return False
+        if stopped or len(request.token_ids) >= request.max_new_tokens:
+            self._finish(request, stopped)
+            return False
+        return True
+
+    def _finish(self, request: _Request, stopped: bool) -> None:
+        self._free(request)
+        now = time.perf_counter()
+        t = request.times
+        output = GenerationOutput(
+            token_ids=list(request.token_ids),
+            stopped_by_eos=stopped,
+            prompt_tokens=request.prompt_tokens,
+            queue_ms=(t["encode_start"] - request.submitted) * 1000,
+            encode_ms=(t["encoded"] - t["encode_start"]) * 1000,
+            wait_ms=(t["admitted"] - t["encoded"]) * 1000,
+            prefill_ms=(t["first_token"] - t["prefill_start"]) * 1000,
+            decode_ms=(now - t["first_token"]) * 1000,
+        )
+        try:
+            request.future.set_result(output)
+        except InvalidStateError:  # cancelled meanwhile
+            pass
+
+    def _fail(self, request: _Request, exc: BaseException) -> None:
+        request.done = True
+        try:
+            request.future.set_exception(exc)
+        except InvalidStateError:
+            pass
+
+    def _shutdown(self, error: EngineError | None) -> None:
+        """Cancel (closing) or fail (``error``) every request not finished."""
+        with self._lock:
+            waiting = list(self._queue)
+            self._queue.clear()
+        unfinished = [*waiting, *(r for r in self._slots if r is not None)]
+        unfinished += [r for _pending, rows in self._inflight for r in rows if not r.done]
+        for request in unfinished:
+            self._free(request)
+            if error is None:
+                request.future.cancel()
+            else:
+                self._fail(request, error)
+        self._inflight.clear()

@@ -1,0 +1,330 @@
+"""Prefill and batched greedy decode over GAR's Llama, from a static KV cache with one slot per sequence.
+
+transformers' generation takes one request at a time here (``inputs_embeds`` in, dynamic cache); this module runs
+the same modules of ``model.mllm.model.language_model`` (embeddings, RMSNorms, q/k/v/o projections, the model's
+own rotary embedding — so Llama 3.x rope scaling is whatever transformers computes — MLP, final norm, ``lm_head``)
+so that many sequences at different lengths decode together:
+
+* :meth:`BatchDecoder.prefill` runs one sequence's prompt embeddings (or one chunk of them) and writes its K/V
+  into its slot; it returns the float32 logits of the last position.
+* :meth:`BatchDecoder.step` runs one greedy decode step for slots ``0 … n-1``: each row reads its last token and
+  position from device buffers, writes its new K/V at its own position, attends over its slot with a per-row
+  length mask, and leaves the argmax token and the next position in the same buffers. No host value enters the
+  step, so on CUDA the whole step (all layers, final norm, lm_head, argmax) is replayed from a CUDA graph captured
+  per batch-size bucket; on CPU the same code runs eagerly.
+* the new ids come back to the host as :class:`PendingTokens`: on CUDA one non-blocking copy into pinned memory
+  per step, read when the caller wants (no sync per token); on CPU at once.
+
+Rows of the batch that hold no running sequence have their position parked on the cache's scratch column.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+from gar_tools.model.kv_cache import StaticKVCache
+from gar_tools.model.modeling import GarModel
+
+__all__ = ["BatchDecoder", "PendingTokens", "default_buckets", "default_span_buckets"]
+
+
+def default_buckets(slots: int) -> list[int]:
+    """Batch-size buckets 1, 2, 4, 8, … and ``slots`` itself: a step over ``n`` rows runs the smallest ≥ ``n``."""
+    buckets, b = [], 1
+    while b < slots:
+        buckets.append(b)
+        b *= 2
+    buckets.append(slots)
+    return buckets
+
+
+def default_span_buckets(max_len: int) -> list[int]:
+    """Attention spans (cache columns a decode step reads): ``max_len`` and up to three halvings ≥ 512.
+
+    A step attends over the smallest span holding every running row's position, so short sequences do not pay
+    for reading the whole cache.
+    """
+    spans, span = [max_len], max_len // 2
+    while span >= 512 and len(spans) < 4:
+        spans.insert(0, span)
+        span //= 2
+    return spans
+
+
+class PendingTokens:
+    """The next ids of one decode step for rows ``0 … n-1``, on their way to the host.
+
+    On CUDA the ids are copied into pinned host memory with ``non_blocking=True`` and an event is recorded behind
+    the copy: :meth:`ready` polls the event, :meth:`tolist` waits for it only if it has not completed yet.
+    """
+
+    def __init__(
+        self, host: torch.Tensor | None = None, event: torch.cuda.Event | None = None, *, ids: list[int] | None = None
+    ) -> None:
+        self._host = host
+        self._event = event
+        self._ids: list[int] | None = ids
+
+    def ready(self) -> bool:
+        return self._ids is not None or self._event is None or self._event.query()
+
+    def tolist(self) -> list[int]:
+        """The ids (blocks until the copy has landed; later calls return the same list)."""
+        if self._ids is None:
+            if self._event is not None:
+                self._event.synchronize()
+            assert self._host is not None
+            self._ids = [int(t) for t in self._host.tolist()]
+            self._host = None
+        return self._ids
+
+
+class BatchDecoder:
+    """Greedy prefill + batched decode for a loaded :class:`GarModel`, with its own static KV cache.
+
+    Args:
+        model: the loaded model (its LLM is used; weights are shared, not copied).
+        slots: sequences that can be resident at once (rows of the cache).
+        max_len: positions per slot; a sequence can hold ``max_len - 1`` tokens (prompt + generated).
+        cuda_graphs: capture the decode step per bucket (default: when the model is on CUDA).
+        buckets: decode batch sizes to capture (default :func:`default_buckets`).
+        span_buckets: cache columns a step may attend over (default :func:`default_span_buckets`); one graph per
+            (batch bucket, span bucket).
+        readback_depth: pinned host buffers for :class:`PendingTokens` on CUDA (steps that may be in flight).
+    """
+
+    def __init__(
+        self,
+        model: GarModel,
+        *,
+        slots: int,
+        max_len: int,
+        cuda_graphs: bool | None = None,
+        buckets: Sequence[int] | None = None,
+        span_buckets: Sequence[int] | None = None,
+        readback_depth: int = 8,
+    ) -> None:
+        self.model = model
+        self.lm = model.mllm.model.language_model  # LlamaModel: embed_tokens, layers, norm, rotary_emb
+        self.lm_head: nn.Linear = model.mllm.lm_head
+        config = self.lm.config
+        self.num_heads = int(config.num_attention_heads)
+        self.num_kv_heads = int(config.num_key_value_heads)
+        self.head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // self.num_heads)
+        self.device = model.device
+        self.dtype = model.dtype
+        self.cache = StaticKVCache.allocate(
+            layers=len(self.lm.layers),
+            slots=slots,
+            kv_heads=self.num_kv_heads,
+            max_len=max_len,
+            head_dim=self.head_dim,
+            dtype=self.dtype,
+            device=self.device,
+        )
+        scratch = self.cache.scratch_position
+        self.tokens = torch.zeros(slots, dtype=torch.long, device=self.device)  # [S] last token of each slot
+        self.positions = torch.full((slots,), scratch, dtype=torch.long, device=self.device)  # [S] next K/V column
+        self._rows = torch.arange(slots, device=self.device)  # [S]
+        self._columns = torch.arange(max_len, device=self.device)  # [max_len]
+        self.buckets = sorted(set(buckets or default_buckets(slots)))
+        if self.buckets[0] < 1 or self.buckets[-1] != slots:
+            raise ValueError(f"buckets must be positive and end at slots={slots}, got {self.buckets}")
+        self.span_buckets = sorted(set(span_buckets or default_span_buckets(max_len)))
+        if self.span_buckets[0] < 1 or self.span_buckets[-1] != max_len:
+            raise ValueError(f"span buckets must be positive and end at max_len={max_len}, got {self.span_buckets}")
+        # Host copy of the positions (the device buffer advances inside the step): picks the span without a sync.
+        self._host_positions = [self.cache.scratch_position] * slots
+        self.use_cuda_graphs = (self.device.type == "cuda") if cuda_graphs is None else bool(cuda_graphs)
+        if self.use_cuda_graphs and self.device.type != "cuda":
+            raise ValueError("CUDA graphs need the model on a CUDA device")
+        self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+        self._readback: list[tuple[torch.Tensor, PendingTokens | None]] = []
+        if self.device.type == "cuda":
+            self._readback = [
+                (torch.empty(slots, dtype=torch.long, pin_memory=True), None) for _ in range(readback_depth)
+            ]
+        self._steps = 0
+        if self.use_cuda_graphs:
+            self.capture()
+
+    # --- facts ---------------------------------------------------------------------------------------------------
+    @property
+    def slots(self) -> int:
+        return self.cache.slots
+
+    @property
+    def usable_len(self) -> int:
+        return self.cache.usable_len
+
+    def bucket_for(self, n: int) -> int:
+        """The smallest bucket holding ``n`` rows."""
+        for b in self.buckets:
+            if b >= n:
+                return b
+        raise ValueError(f"a decode batch of {n} rows does not fit {self.slots} slots")
+
+    # --- prefill -------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def prefill(self, slot: int, inputs_embeds: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Run prompt embeddings ``[L, hidden]`` at positions ``start … start+L-1`` of ``slot``; write their K/V.
+
+        Call with consecutive chunks (``start`` = tokens already prefilled) to split a long prompt. Returns the
+        float32 logits ``[vocab]`` of the chunk's last position (the first generated token's, after the last chunk).
+        """
+        length = int(inputs_embeds.shape[0])
+        end = start + length
+        if not 0 <= slot < self.slots:
+            raise ValueError(f"slot {slot} is not in 0 … {self.slots - 1}")
+        if length < 1 or end > self.usable_len:
+            raise ValueError(f"positions {start} … {end - 1} do not fit a slot of {self.usable_len} tokens")
+        x = inputs_embeds.to(device=self.device, dtype=self.dtype)[None]  # [1, L, hidden]
+        positions = torch.arange(start, end, device=self.device)[None]  # [1, L]
+        cos, sin = self.lm.rotary_emb(x, positions)  # [1, L, head_dim] each
+        causal = None
+        if start > 0:  # a later chunk: its queries see everything before them in the slot
+            causal = self._columns[:end][None, :] <= positions[0][:, None]  # [L, end]
+        for i, layer in enumerate(self.lm.layers):
+            attn = layer.self_attn
+            h = layer.input_layernorm(x)
+            q = attn.q_proj(h).view(1, length, self.num_heads, self.head_dim).transpose(1, 2)  # [1, H, L, D]
+            k = attn.k_proj(h).view(1, length, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [1, KV, L, D]
+            v = attn.v_proj(h).view(1, length, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [1, KV, L, D]
+            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            self.cache.keys[i][slot, :, start:end] = k[0]
+            self.cache.values[i][slot, :, start:end] = v[0]
+            keys = self.cache.keys[i][slot : slot + 1, :, :end]  # [1, KV, end, D]
+            values = self.cache.values[i][slot : slot + 1, :, :end]
+            if causal is None:  # whole prompt or first chunk: plain causal attention, GQA inside the kernel
+                out = F.scaled_dot_product_attention(
+                    q, keys, values, is_causal=True, scale=attn.scaling, enable_gqa=True
+                )
+            else:  # masked kernels take no GQA: repeat each KV head for its query heads (as transformers' repeat_kv)
+                groups = self.num_heads // self.num_kv_heads
+                keys, values = keys.repeat_interleave(groups, dim=1), values.repeat_interleave(groups, dim=1)
+                out = F.scaled_dot_product_attention(q, keys, values, attn_mask=causal, scale=attn.scaling)
+            # out: [1, H, L, D]
+            x = x + attn.o_proj(out.transpose(1, 2).reshape(1, length, -1))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        last = self.lm.norm(x[:, -1])  # [1, hidden]
+        return self.lm_head(last)[0].float()  # [vocab]
+
+    def activate(self, slot: int, token: int | torch.Tensor, length: int) -> None:
+        """Make ``slot`` decode from ``token`` (its last token, not yet in the cache) at position ``length``."""
+        if length >= self.usable_len:
+            raise ValueError(f"slot {slot} is full ({length} of {self.usable_len} tokens)")
+        self.tokens[slot] = token
+        self.positions[slot] = length
+        self._host_positions[slot] = length
+
+    def release(self, slot: int) -> None:
+        """Park ``slot`` on the scratch column: decode steps no longer write into its entries."""
+        self.positions[slot] = self.cache.scratch_position
+        self._host_positions[slot] = self.cache.scratch_position
+
+    # --- decode --------------------------------------------------------------------------------------------------
+    def _decode_attention(
+        self,
+        i: int,
+        attn: nn.Module,
+        h: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        visible: torch.Tensor,
+        span: int,
+    ) -> torch.Tensor:
+        """One layer's attention for ``B`` rows of one new token each: ``h`` [B, 1, hidden] → [B, 1, hidden],
+        reading cache columns ``0 … span-1`` (every running row's position is below ``span``)."""
+        b = h.shape[0]
+        positions = self.positions[:b]  # [B]
+        q = attn.q_proj(h).view(b, 1, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, 1, D]
+        k = attn.k_proj(h).view(b, 1, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, KV, 1, D]
+        v = attn.v_proj(h).view(b, 1, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, KV, 1, D]
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        keys = self.cache.keys[i][:b]  # [B, KV, max_len, D] (a view: rows are slots)
+        values = self.cache.values[i][:b]
+        keys[self._rows[:b], :, positions] = k[:, :, 0]  # each row writes its own column
+        values[self._rows[:b], :, positions] = v[:, :, 0]
+        # GQA without copying K/V: the G query heads sharing a KV head act as G query positions.
+        groups = self.num_heads // self.num_kv_heads
+        q = q.view(b, self.num_kv_heads, groups, self.head_dim)  # [B, KV, G, D]
+        keys, values = keys[:, :, :span], values[:, :, :span]  # [B, KV, span, D]
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible, scale=attn.scaling)  # [B, KV, G, D]
+        return attn.o_proj(out.reshape(b, 1, self.num_heads * self.head_dim))
+
+    def _decode_step(self, b: int, span: int) -> None:
+        """The decode step for rows ``0 … b-1`` over ``span`` cache columns, reading and writing only device
+        buffers (graph-capturable). Parked rows write on the scratch column and see all ``span`` columns."""
+        positions = self.positions[:b]  # [B]
+        x = self.lm.embed_tokens(self.tokens[:b])[:, None]  # [B, 1, hidden]
+        cos, sin = self.lm.rotary_emb(x, positions[:, None])  # [B, 1, D]
+        visible = (self._columns[None, :span] <= positions[:, None])[:, None, None, :]  # [B, 1, 1, span]
+        for i, layer in enumerate(self.lm.layers):
+            x = x + self._decode_attention(i, layer.self_attn, layer.input_layernorm(x), cos, sin, visible, span)
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        logits = self.lm_head(self.lm.norm(x[:, 0]))  # [B, vocab]
+        self.tokens[:b] = logits.argmax(dim=-1)  # greedy; first index on ties, like torch.argmax in generate
+        self.positions[:b] = torch.clamp(positions + 1, max=self.cache.scratch_position)
+
+    @torch.no_grad()
+    def step(self, n: int) -> PendingTokens:
+        """One greedy step for slots ``0 … n-1`` (padded to a bucket); their next ids, on their way to the host.
+
+        Rows whose slot holds no sequence compute throw-away values on the scratch column.
+        """
+        b = self.bucket_for(n)
+        scratch = self.cache.scratch_position
+        running = [p for p in self._host_positions[:b] if p != scratch]
+        span = next(s for s in self.span_buckets if s > max(running, default=0))
+        if self.use_cuda_graphs:
+            self._graphs[(b, span)].replay()
+        else:
+            self._decode_step(b, span)
+        self._host_positions[:b] = [min(p + 1, scratch) for p in self._host_positions[:b]]
+        self._steps += 1
+        if self.device.type != "cuda":
+            return PendingTokens(ids=[int(t) for t in self.tokens[:n].tolist()])
+        index = self._steps % len(self._readback)
+        host, previous = self._readback[index]
+        if previous is not None:
+            previous.tolist()  # that step's ids leave the buffer before it is reused
+        host_rows = host[:n]
+        host_rows.copy_(self.tokens[:n], non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        pending = PendingTokens(host_rows, event)
+        self._readback[index] = (host, pending)
+        return pending
+
+    # --- CUDA graphs ---------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def capture(self) -> None:
+        """Capture the decode step per (batch, span) bucket (largest first, one shared pool). Needs no active slot:
+        warm-up runs write only on the scratch column, and the token/position buffers are reset afterwards."""
+        if self.device.type != "cuda":
+            raise ValueError("CUDA graphs need the model on a CUDA device")
+        self.positions.fill_(self.cache.scratch_position)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for b in reversed(self.buckets):
+                for span in reversed(self.span_buckets):
+                    for _ in range(2):
+                        self._decode_step(b, span)
+                        self.positions.fill_(self.cache.scratch_position)
+        torch.cuda.current_stream().wait_stream(stream)
+        pool = torch.cuda.graph_pool_handle()
+        for b in reversed(self.buckets):
+            for span in reversed(self.span_buckets):
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool):
+                    self._decode_step(b, span)
+                self._graphs[(b, span)] = graph
+        torch.cuda.synchronize()
+        self.tokens.zero_()
+        self.positions.fill_(self.cache.scratch_position)

@@ -1,0 +1,109 @@
+"""Prefill + batched greedy decode from the static KV cache (tiny model, fp32, CPU) equals batch-1 generation."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gar_tools.model.decoder import BatchDecoder, default_buckets, default_span_buckets
+from gar_tools.model.kv_cache import StaticKVCache
+from gar_tools.model.tiny import tiny_checkpoint_path
+
+
+def test_static_cache_shapes_and_bytes() -> None:
+    cache = StaticKVCache.allocate(
+        layers=3, slots=4, kv_heads=2, max_len=10, head_dim=8, dtype=torch.float32, device="cpu"
+    )
+    assert cache.keys[0].shape == (4, 2, 10, 8) and len(cache.values) == 3
+    assert cache.usable_len == 9 and cache.scratch_position == 9
+    assert cache.bytes_per_token == 2 * 3 * 2 * 8 * 4
+    assert cache.nbytes == cache.bytes_per_token * 4 * 10
+    assert default_buckets(6) == [1, 2, 4, 6] and default_buckets(1) == [1]
+    assert default_span_buckets(8193) == [1024, 2048, 4096, 8193] and default_span_buckets(600) == [600]
+
+
+def test_staggered_batch_equals_generate_alone(tiny_pipeline, mixed_requests) -> None:
+    """Six sequences join one at a time while the others decode (one chunked prefill), each at its own length."""
+    chosen = [mixed_requests[i] for i in (0, 3, 5, 8, 11, 14)]
+    longest = max(r.prepared.input_ids.shape[1] + r.max_new_tokens for r in chosen)
+    decoder = BatchDecoder(tiny_pipeline.model, slots=6, max_len=longest + 1)
+    outputs: list[list[int]] = [[] for _ in chosen]
+    running: set[int] = set()
+    for slot, request in enumerate(chosen):
+        embeds = request.build_embeds()[0]
+        if slot == 0:  # a prompt of ~4.5 k tokens in three chunks
+            for start in range(0, embeds.shape[0], 2000):
+                logits = decoder.prefill(slot, embeds[start : start + 2000], start=start)
+        else:
+            logits = decoder.prefill(slot, embeds)
+        outputs[slot].append(int(logits.argmax()))
+        if request.max_new_tokens > 1:
+            decoder.activate(slot, outputs[slot][0], embeds.shape[0])
+            running.add(slot)
+        # One decode step for everything running before the next one joins.
+        ids = decoder.step(max(running) + 1).tolist() if running else []
+        for s in sorted(running):
+            outputs[s].append(ids[s])
+            if len(outputs[s]) == chosen[s].max_new_tokens:
+                decoder.release(s)
+                running.discard(s)
+    while running:
+        ids = decoder.step(max(running) + 1).tolist()
+        for s in sorted(running):
+            outputs[s].append(ids[s])
+            if len(outputs[s]) == chosen[s].max_new_tokens:
+                decoder.release(s)
+                running.discard(s)
+    for request, out in zip(chosen, outputs, strict=True):
+        assert out == request.expected
+
+
+def test_prefill_rejects_what_does_not_fit(tiny_pipeline) -> None:
+    decoder = BatchDecoder(tiny_pipeline.model, slots=1, max_len=8)
+    with pytest.raises(ValueError, match="do not fit"):
+        decoder.prefill(0, torch.zeros(8, tiny_pipeline.model.mllm.config.text_config.hidden_size))
+    with pytest.raises(ValueError, match="slot 1"):
+        decoder.prefill(1, torch.zeros(2, tiny_pipeline.model.mllm.config.text_config.hidden_size))
+
+
+@pytest.mark.gpu
+def test_cuda_graph_decode_equals_eager(tiny_pipeline, mixed_requests) -> None:
+    """On CUDA: the captured decode step gives the ids of the same step run eagerly (fp32, tiny model)."""
+    model = tiny_pipeline.model.to("cuda")
+    try:
+        chosen = [mixed_requests[i] for i in (1, 2, 3)]
+        longest = max(r.prepared.input_ids.shape[1] + r.max_new_tokens for r in chosen) + 8
+        results = []
+        for graphs in (False, True):
+            decoder = BatchDecoder(model, slots=4, max_len=longest, cuda_graphs=graphs)
+            steps = []
+            for slot, request in enumerate(chosen):
+                embeds = request.build_embeds()[0]
+                logits = decoder.prefill(slot, embeds)
+                decoder.activate(slot, int(logits.argmax()), embeds.shape[0])
+            pending = [decoder.step(3) for _ in range(6)]  # in flight together, read afterwards
+            steps = [p.tolist() for p in pending]
+            results.append(steps)
+        assert results[0] == results[1]
+        assert [results[1][0][s] for s in range(3)] == [r.expected[1] for r in chosen]
+    finally:
+        tiny_pipeline.model.to("cpu")
+
+
+def test_benchmark_script_runs() -> None:
+    """CPU smoke run of benchmarks/decode_batching.py on the cached tiny checkpoint."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "decode_batching.py"
+    args = ["--model", str(tiny_checkpoint_path()), "--batch", "1", "2", "--prompt-tokens", "64", "--new-tokens", "8"]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, str(script), *args], env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    modes = [(r["mode"], r["batch"]) for r in report["results"]]
+    assert modes == [("transformers_generate", 1), ("eager", 1), ("eager", 2)]
+    assert all(r["tokens_per_s"] > 0 for r in report["results"])

@@ -1,0 +1,160 @@
+"""Exact tile-feature reuse (tiny model, fp32, CPU): cached features equal a full encode, bit for bit, and the
+vision tower runs only on the tiles that need it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from batching_requests import with_max_tiles
+from PIL import Image
+
+from gar_tools.model.tile_cache import TileFeatureCache, image_digest, touched_tiles
+
+
+class VisionSpy:
+    """Records the tiles ([N, 3, 448, 448]) each vision-tower call sees."""
+
+    def __init__(self, model) -> None:
+        self.calls: list[torch.Tensor] = []
+        self._handle = model.mllm.model.vision_tower.register_forward_pre_hook(self._record)
+
+    def _record(self, _module, args) -> None:
+        self.calls.append(args[0].detach().clone())
+
+    def take(self) -> torch.Tensor | None:
+        calls, self.calls = self.calls, []
+        assert len(calls) <= 1
+        return calls[0] if calls else None
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+def _box(size: tuple[int, int], x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
+    width, height = size
+    mask = np.zeros((height, width), dtype=bool)
+    mask[int(y0 * height) : int(y1 * height), int(x0 * width) : int(x1 * width)] = True
+    return mask
+
+
+def _indices(flags: list[bool]) -> list[int]:
+    return [i for i, flag in enumerate(flags) if flag]
+
+
+@pytest.mark.parametrize("case", ["demo1", "demo3"])
+def test_cached_features_equal_full_encode_and_only_needed_tiles_are_encoded(tiny_pipeline, demo1, demo3, case):
+    model = tiny_pipeline.model
+    if case == "demo1":  # 1 region, then another single region elsewhere, then the first again
+        image, mask = demo1
+        second = [_box(image.size, 0.05, 0.05, 0.2, 0.2)]
+        requests = [([mask], None), (second, None), ([mask], None)]
+    else:  # 3 regions, then one of them, then the 3 again with a different question
+        image, masks = demo3
+        requests = [
+            (masks, "<Prompt0> <Prompt1> <Prompt2>?"),
+            (masks[1:2], "What is <Prompt0>?"),
+            (masks, "Compare <Prompt0>, <Prompt1> and <Prompt2>."),
+        ]
+    digest = image_digest(image)
+    cache = TileFeatureCache()
+    spy = VisionSpy(model)
+    try:
+        encoded_before: set[int] = set()
+        for step, (region_masks, question) in enumerate(requests):
+            prepared = tiny_pipeline.prepare(image, region_masks, question)
+            expected = model.encode_images(prepared.pixel_values, prepared.prompt_pixel_values)
+            spy.take()
+            features = cache.image_features(model, prepared, digest)
+            seen = spy.take()
+            assert torch.equal(features, expected), step
+            touched = touched_tiles(prepared.prompt_pixel_values, model.config.prompt_numbers).tolist()
+            count = len(touched)
+            cached_untouched = {i for i in range(count) if not touched[i]} & encoded_before
+            must_encode = [i for i in range(count) if i not in cached_untouched]
+            assert seen is not None and torch.equal(seen, prepared.pixel_values[must_encode].to(seen.dtype)), step
+            if step == 0:
+                assert len(must_encode) == count  # cold cache: everything
+            if step == 2:  # every untouched tile is cached by now: only the touched ones ran
+                assert must_encode == _indices(touched) and len(must_encode) < count
+            encoded_before |= {i for i in must_encode if not touched[i]}
+    finally:
+        spy.remove()
+    stats = cache.stats()
+    assert stats["images"] == 1 and stats["tile_hits"] > 0 and 0 < stats["bytes"] <= stats["max_bytes"]
+
+
+def test_key_covers_pixels_and_grid_and_bound_evicts_lru(tiny_pipeline, demo1) -> None:
+    image, mask = demo1
+    pipeline = with_max_tiles(tiny_pipeline, 4)  # same model, 2×2 grid: quicker
+    model = pipeline.model
+    assert image_digest(image) == image_digest(image.convert("RGBA").convert("RGB"))
+    changed = image.copy()
+    changed.putpixel((0, 0), (0, 0, 0) if changed.getpixel((0, 0)) != (0, 0, 0) else (1, 1, 1))
+    assert image_digest(changed) != image_digest(image)
+    prepared = pipeline.prepare(image, [mask])
+    one_tile = 256 * model.mllm.config.text_config.hidden_size * 4
+    untouched = int((~touched_tiles(prepared.prompt_pixel_values, 5)).sum())
+    cache = TileFeatureCache(max_bytes=untouched * one_tile)  # room for exactly one image
+    cache.image_features(model, prepared, "a")
+    assert cache.stats()["bytes"] == untouched * one_tile
+    cache.image_features(model, prepared, "b")  # another image: the first is evicted
+    assert cache.stats()["images"] == 1 and cache.stats()["evictions"] == 1
+    assert cache.key(model, "b", prepared.grid) in cache._entries
+    assert cache.key(model, "b", (1, 1)) != cache.key(model, "b", prepared.grid)
+    off = TileFeatureCache(max_bytes=0)
+    assert torch.equal(
+        off.image_features(model, prepared, "a"),
+        model.encode_images(prepared.pixel_values, prepared.prompt_pixel_values),
+    )
+    assert off.stats()["bytes"] == 0 and TileFeatureCache(device="cuda").max_bytes > TileFeatureCache().max_bytes
+
+
+def test_region_over_every_tile_keeps_nothing(tiny_pipeline) -> None:
+    """A region covering the whole image touches thumbnail and every tile: all are encoded, none cached."""
+    pipeline = with_max_tiles(tiny_pipeline, 2)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (100, 120, 3), dtype=np.uint8))
+    prepared = pipeline.prepare(image, [np.ones((100, 120), dtype=bool)])
+    cache = TileFeatureCache()
+    out = cache.image_features(pipeline.model, prepared, image_digest(image))
+    assert torch.equal(out, pipeline.model.encode_images(prepared.pixel_values, prepared.prompt_pixel_values))
+    assert cache.stats()["tile_hits"] == 0 and cache.stats()["images"] == 0  # nothing untouched to keep
+
+
+def test_fixed_size_chunks_give_the_same_features(tiny_pipeline, demo3) -> None:
+    """chunk_tiles=3 on a 2×2 grid: calls of exactly 3 tiles (the last padded with blank tiles), same features."""
+    image, masks = demo3
+    pipeline = with_max_tiles(tiny_pipeline, 4)
+    model = pipeline.model
+    prepared = pipeline.prepare(image, masks[:2], "<Prompt0> or <Prompt1>?")
+    expected = model.encode_images(prepared.pixel_values, prepared.prompt_pixel_values)
+    cache = TileFeatureCache(chunk_tiles=3)
+    spy = VisionSpy(model)
+    try:
+        features = cache.image_features(model, prepared, image_digest(image))
+        sizes = [call.shape[0] for call in spy.calls]
+    finally:
+        spy.remove()
+    assert torch.equal(features, expected)
+    assert prepared.pixel_values.shape[0] == 5 and sizes == [3, 3]
+    assert TileFeatureCache(device="cuda").chunk_tiles == 4 and TileFeatureCache().chunk_tiles is None
+    with pytest.raises(ValueError, match="chunk_tiles"):
+        TileFeatureCache(chunk_tiles=0)
+
+
+@pytest.mark.gpu
+def test_cuda_cached_features_equal_uncached_through_the_same_chunks(tiny_pipeline, demo1) -> None:
+    """On CUDA: features from the cache equal features computed without it (both in chunks of 4 tiles)."""
+    image, mask = demo1
+    model = tiny_pipeline.model.to("cuda")
+    try:
+        cache, off = TileFeatureCache(device="cuda"), TileFeatureCache(max_bytes=0, device="cuda")
+        digest = image_digest(image)
+        for regions in ([mask], [_box(image.size, 0.05, 0.05, 0.2, 0.2)], [mask]):
+            prepared = tiny_pipeline.prepare(image, regions)
+            assert torch.equal(
+                cache.image_features(model, prepared, digest), off.image_features(model, prepared, digest)
+            )
+        assert cache.stats()["tile_hits"] > 0
+    finally:
+        tiny_pipeline.model.to("cpu")
