@@ -8,7 +8,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from gar_tools._lazy import lazy_getattr
-from gar_tools.errors import CheckpointError, EngineError, GarToolsError, ImageError, InputError, RegionError
+from gar_tools.errors import (
+    CheckpointError,
+    EngineBusyError,
+    EngineError,
+    GarToolsError,
+    ImageError,
+    InputError,
+    RegionError,
+)
 
 if TYPE_CHECKING:
     from gar_tools.engine.base import Engine
@@ -27,6 +35,7 @@ __all__ = [
     "DescribeRegionRequest",
     "DescribeRegionResult",
     "Engine",
+    "EngineBusyError",
     "EngineError",
     "GarToolkit",
     "GarToolsError",

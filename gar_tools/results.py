@@ -52,8 +52,14 @@ class Timings(BaseModel):
             "that had to load it)."
         ),
     )
-    encode_ms: float = Field(ge=0, description="Milliseconds spent encoding the image and regions with the model.")
-    generate_ms: float = Field(ge=0, description="Milliseconds spent generating the text.")
+    queue_ms: float = Field(
+        default=0.0, ge=0, description="Milliseconds spent waiting for the model (queue, batch slot, KV budget)."
+    )
+    encode_ms: float = Field(
+        ge=0, description="Milliseconds spent preparing and encoding the image and regions with the model."
+    )
+    prefill_ms: float = Field(default=0.0, ge=0, description="Milliseconds from prefill start to the first token.")
+    generate_ms: float = Field(ge=0, description="Milliseconds spent generating the text (prefill included).")
     tokens_generated: int = Field(ge=0, description="Number of tokens generated.")
 
 
@@ -108,3 +114,13 @@ class ModelInfo(BaseModel):
     dtype: str | None = Field(default=None, description="The weights' dtype, e.g. 'bfloat16'.")
     max_regions: int = Field(default=5, description="Most regions per call (GAR's prompt slots).")
     geometry: str = Field(default="checkpoint", description="RoI replay box convention.")
+    max_batch_size: int | None = Field(default=None, description="Most requests decoded together.")
+    max_queue: int | None = Field(default=None, description="Most requests waiting; more are refused as busy.")
+    kv_budget_tokens: int | None = Field(
+        default=None, description="Tokens (prompt + max_new_tokens) the KV cache holds for running requests at once."
+    )
+    kv_cache_bytes: int | None = Field(default=None, description="Memory of the preallocated KV cache.")
+    tile_cache_max_bytes: int | None = Field(default=None, description="Bound of the per-image tile-feature cache.")
+    tile_cache_bytes: int | None = Field(default=None, description="Memory the tile-feature cache holds now.")
+    queued: int | None = Field(default=None, description="Requests waiting now.")
+    running: int | None = Field(default=None, description="Requests generating now.")

@@ -15,9 +15,10 @@ the worker API are thin layers over this class.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import threading
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
 import pydantic
@@ -96,6 +97,38 @@ class GarToolkit:
     def run(self, tool: ToolName, request: Any = None, **kwargs: Any) -> ToolResult:
         """Synchronous :meth:`arun`; safe to call from code that is itself inside an event loop."""
         return self._sync.run(self.arun(tool, request, **kwargs))
+
+    async def astream(self, tool: ToolName, request: Any = None, **kwargs: Any) -> AsyncIterator[str | ToolResult]:
+        """Run ``tool`` and yield its text as it is generated (``str`` deltas), then the result model.
+
+        >>> async for item in toolkit.astream("describe_region", image=..., region=...):
+        ...     print(item, end="") if isinstance(item, str) else print("\n", item.timings)
+
+        Closing the iterator early (or cancelling the task consuming it) cancels the request.
+        """
+        deltas: asyncio.Queue[str] = asyncio.Queue()
+
+        async def progress(done: float, total: float | None, delta: str | None) -> None:
+            if delta:
+                deltas.put_nowait(delta)
+
+        task = asyncio.ensure_future(self.arun(tool, request, progress=progress, **kwargs))
+        try:
+            while not task.done():
+                getter = asyncio.ensure_future(deltas.get())
+                await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+                if getter.done():
+                    yield getter.result()
+                else:
+                    getter.cancel()
+            while not deltas.empty():
+                yield deltas.get_nowait()
+            yield task.result()
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     # --- one method per registered tool --------------------------------------------------------------------------
     def __getattr__(self, name: str) -> Callable[..., Any]:

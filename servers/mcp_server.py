@@ -58,6 +58,9 @@ __all__ = [
 
 logger = logging.getLogger("gar_tools.mcp")
 
+PROGRESS_TEXT_CHARS = 400
+"""Progress messages carry the number of tokens and the last this-many characters of the text so far."""
+
 INSTRUCTIONS = (
     "GAR (Grasp Any Region) tools: describe, compare and answer questions about specific regions of an image. "
     f"Each call takes one image (path, data: URI or base64) and up to {MAX_REGIONS} regions (mask, COCO RLE, "
@@ -122,9 +125,14 @@ def _tool_function(spec: ToolSpec) -> Callable[..., Awaitable[CallToolResult]]:
     async def run_tool(ctx: Context, **arguments: Any) -> CallToolResult:
         state: GarServerState = ctx.request_context.lifespan_context
 
-        async def progress(done: float, total: float | None, message: str | None) -> None:
-            text = message or (f"generated {int(done)} of at most {int(total)} tokens" if total else None)
-            await ctx.report_progress(done, total, text)
+        text_so_far = ""
+
+        async def progress(done: float, total: float | None, delta: str | None) -> None:
+            nonlocal text_so_far
+            text_so_far += delta or ""
+            tokens = f"{int(done)} of at most {int(total)} tokens" if total else f"{int(done)} tokens"
+            tail = text_so_far[-PROGRESS_TEXT_CHARS:]
+            await ctx.report_progress(done, total, f"{tokens}: {tail}" if tail else tokens)
 
         try:
             result = await state.toolkit.arun(tool, arguments, progress=progress)

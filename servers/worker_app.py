@@ -5,17 +5,17 @@ Endpoints (JSON in and out, the same pydantic models as the Python API), one pai
 
     POST /v1/{tool}                   the tool's request model   -> its result model
                                       (describe_region, compare_regions, answer_about_regions, …)
-    POST /v1/{tool}/stream            the same request -> server-sent events: ``progress`` events
-                                      ({"progress", "total", "message"}), then one ``result`` (the result model)
-                                      or ``error`` event
+    POST /v1/{tool}/stream            the same request -> server-sent events: ``text`` events as tokens come
+                                      ({"delta": new text, "progress": tokens so far, "total": max_new_tokens}),
+                                      then one ``result`` (the result model) or ``error`` event
     GET  /v1/model                    ModelInfo
     GET  /healthz                     {"status": "ok", ...}  (no token needed)
 
 Errors are ``{"error": {"type", "message", "field", "reason"}}`` with status 422 for input the caller can fix
-(``InputError``, ``ImageError``, ``RegionError``), 400 for a body that is not JSON, 404 for an unknown tool, 500
-for model or engine failures, and 401 without the bearer token when one is configured. The model is loaded once,
-at startup (``/healthz`` answers once it is ready); concurrent requests queue on the engine's model thread, so they
-never share the model at the same time.
+(``InputError``, ``ImageError``, ``RegionError``), 400 for a body that is not JSON, 404 for an unknown tool, 503
+with ``Retry-After`` when the engine's queue is full (``EngineBusyError``), 500 for model or engine failures, and
+401 without the bearer token when one is configured. The model is loaded once, at startup (``/healthz`` answers
+once it is ready); concurrent requests are batched by the engine's decode loop.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -35,7 +36,7 @@ from starlette.types import ASGIApp
 
 from gar_tools.engine import Engine, make_engine
 from gar_tools.engine.http import error_payload
-from gar_tools.errors import CheckpointError, EngineError, GarToolsError, InputError
+from gar_tools.errors import CheckpointError, EngineBusyError, EngineError, GarToolsError, InputError
 from gar_tools.inputs import ToolRequest
 from gar_tools.servers.common import BearerTokenMiddleware, serve_app
 from gar_tools.servers.settings import WorkerSettings
@@ -48,16 +49,19 @@ logger = logging.getLogger("gar_tools.worker")
 
 
 def error_status(exc: GarToolsError) -> int:
-    """HTTP status for an error: 422 caller-fixable input, 500 model/engine failure, 400 anything else."""
+    """HTTP status for an error: 422 caller-fixable input, 503 busy, 500 model/engine failure, 400 anything else."""
     if isinstance(exc, InputError):
         return 422
+    if isinstance(exc, EngineBusyError):
+        return 503
     if isinstance(exc, (CheckpointError, EngineError)):
         return 500
     return 400
 
 
 def _error_response(exc: GarToolsError, status: int | None = None) -> JSONResponse:
-    return JSONResponse(error_payload(exc), status_code=status or error_status(exc))
+    headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))} if isinstance(exc, EngineBusyError) else None
+    return JSONResponse(error_payload(exc), status_code=status or error_status(exc), headers=headers)
 
 
 def _internal_error(exc: Exception) -> EngineError:
@@ -112,8 +116,8 @@ async def _stream_tool(request: Request) -> Response:
     engine = _engine(request)
     queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
 
-    async def progress(done: float, total: float | None, message: str | None) -> None:
-        queue.put_nowait(("progress", {"progress": done, "total": total, "message": message}))
+    async def progress(done: float, total: float | None, delta: str | None) -> None:
+        queue.put_nowait(("text", {"delta": delta or "", "progress": done, "total": total}))
 
     async def produce() -> None:
         try:
@@ -131,7 +135,7 @@ async def _stream_tool(request: Request) -> Response:
             while True:
                 event, data = await queue.get()
                 yield _sse(event, data)
-                if event != "progress":
+                if event != "text":
                     return
         finally:
             if not task.done():  # the client went away: stop waiting (the model thread finishes its step)

@@ -14,6 +14,7 @@ from gar_tools.engine import Engine, make_engine
 from gar_tools.engine.http import error_from_payload, error_payload
 from gar_tools.engine.local import LocalEngine
 from gar_tools.errors import EngineError, InputError, RegionError
+from gar_tools.toolkit import coerce_request
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,10 +59,22 @@ def test_engine_declares_what_servers_use() -> None:
 
 
 @pytest.mark.anyio
-async def test_aclose_does_not_block_the_loop(tiny_pipeline) -> None:
+async def test_aclose_does_not_block_the_loop(tiny_pipeline, monkeypatch) -> None:
     engine = LocalEngine(pipeline=tiny_pipeline)
-    release = threading.Event()
-    busy = asyncio.get_running_loop().run_in_executor(engine._executor, release.wait)  # the model thread is busy
+    await engine.start()
+    release, entered = threading.Event(), threading.Event()
+    embed = tiny_pipeline.embed
+
+    def slow_embed(*args, **kwargs):  # keeps the model thread busy until released
+        entered.set()
+        release.wait(10)
+        return embed(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_pipeline, "embed", slow_embed)
+    request = {"image": str(REPO / "gar_tools/assets/demo_image_1.png"), "region": {"box": [0, 0, 9, 9]}}
+    running = asyncio.create_task(engine.run("describe_region", coerce_request("describe_region", request)))
+    while not entered.is_set():
+        await asyncio.sleep(0.01)
     ticks = 0
 
     async def heartbeat() -> None:
@@ -75,8 +88,9 @@ async def test_aclose_does_not_block_the_loop(tiny_pipeline) -> None:
     await asyncio.sleep(0.2)
     assert not closing.done() and ticks >= 5  # aclose waits for the model thread, the loop keeps running
     release.set()
-    await asyncio.wait_for(closing, 5)
-    await busy
+    await asyncio.wait_for(closing, 10)
+    with pytest.raises(EngineError):  # the request still running when the engine closed fails, it does not hang
+        await asyncio.wait_for(running, 10)
     beat.cancel()
 
 

@@ -134,6 +134,8 @@ async def test_describe_region_structured_overlay_and_progress(server):
     assert progress, "no progress notifications"
     assert progress[-1][0] == structured["timings"]["tokens_generated"] and progress[-1][1] == 4
     assert "tokens" in (progress[-1][2] or "")
+    # the message carries the text so far: the last one ends with the whole (short) text
+    assert (progress[-1][2] or "").endswith(structured["text"])
 
 
 async def test_compare_and_answer_with_every_region_format(server, allowed_dir):

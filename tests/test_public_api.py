@@ -18,6 +18,7 @@ def test_top_level_all_is_pinned() -> None:
         "DescribeRegionRequest",
         "DescribeRegionResult",
         "Engine",
+        "EngineBusyError",
         "EngineError",
         "GarToolkit",
         "GarToolsError",

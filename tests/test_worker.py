@@ -114,7 +114,7 @@ def test_errors_have_type_message_and_field(worker):
     assert not_allowed.status_code == 422 and not_allowed.json()["error"]["type"] == "ImageError"
 
 
-def test_stream_sends_progress_then_the_result(worker, local_results):
+def test_stream_sends_text_deltas_then_the_result(worker, local_results):
     events: list[tuple[str, dict]] = []
     request = REQUESTS["describe_region"]
     with httpx.stream("POST", f"{worker}/v1/describe_region/stream", json=request, headers=AUTH, timeout=120) as resp:
@@ -126,11 +126,12 @@ def test_stream_sends_progress_then_the_result(worker, local_results):
             elif line.startswith("data: "):
                 events.append((event, json.loads(line.removeprefix("data: "))))
     kinds = [kind for kind, _ in events]
-    assert kinds[-1] == "result" and set(kinds[:-1]) == {"progress"}
-    assert [data["progress"] for _, data in events[:-1]] == [1.0, 2.0, 3.0, 4.0][: len(events) - 1]
-    assert _comparable(DescribeRegionResult.model_validate(events[-1][1])) == _comparable(
-        local_results["describe_region"]
-    )
+    assert kinds[-1] == "result" and set(kinds[:-1]) == {"text"}
+    result = DescribeRegionResult.model_validate(events[-1][1])
+    assert "".join(data["delta"] for _, data in events[:-1]).strip() == result.text  # deltas add up to the text
+    assert [data["progress"] for _, data in events[:-1]] == sorted(data["progress"] for _, data in events[:-1])
+    assert events[-2][1]["progress"] == result.timings.tokens_generated
+    assert _comparable(result) == _comparable(local_results["describe_region"])
 
 
 # --- the http engine -------------------------------------------------------------------------------------------------
@@ -144,13 +145,14 @@ async def test_http_engine_gives_the_local_engine_answers(worker, local_results)
         assert (await toolkit.ainfo()).tiny_model
         for tool, request in REQUESTS.items():
             assert _comparable(await toolkit.arun(tool, request)) == _comparable(local_results[tool]), tool
-        progress: list[float] = []
+        deltas: list[str] = []
 
-        async def on_progress(done: float, total: float | None, message: str | None) -> None:
-            progress.append(done)
+        async def on_progress(done: float, total: float | None, delta: str | None) -> None:
+            deltas.append(delta or "")
 
         streamed = await toolkit.arun("describe_region", REQUESTS["describe_region"], progress=on_progress)
-        assert _comparable(streamed) == _comparable(local_results["describe_region"]) and progress
+        assert _comparable(streamed) == _comparable(local_results["describe_region"])
+        assert "".join(deltas).strip() == streamed.text
     finally:
         await toolkit.aclose()
 

@@ -19,7 +19,8 @@ from gar_tools.tools import ToolName
 
 __all__ = ["Engine", "Progress"]
 
-#: ``await progress(tokens_done, tokens_max, message)`` while a request generates.
+#: ``await progress(tokens_done, tokens_max, text_delta)`` while a request generates: ``text_delta`` is the text
+#: generated since the previous call (possibly empty, e.g. half of a multi-byte character), in order.
 Progress: TypeAlias = Callable[[float, float | None, str | None], Awaitable[None]]
 
 

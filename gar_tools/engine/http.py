@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from gar_tools.engine.base import Engine, Progress
 from gar_tools.errors import (
     CheckpointError,
+    EngineBusyError,
     EngineError,
     GarToolsError,
     ImageError,
@@ -40,7 +41,8 @@ if TYPE_CHECKING:
 __all__ = ["HttpEngine", "error_from_payload", "error_payload", "inline_request"]
 
 _ERROR_TYPES: dict[str, type[GarToolsError]] = {
-    cls.__name__: cls for cls in (GarToolsError, InputError, ImageError, RegionError, CheckpointError, EngineError)
+    cls.__name__: cls
+    for cls in (GarToolsError, InputError, ImageError, RegionError, CheckpointError, EngineError, EngineBusyError)
 }
 _MIME_MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"\x89PNG\r\n\x1a\n", "image/png"),
@@ -63,7 +65,10 @@ def error_payload(exc: GarToolsError) -> dict[str, Any]:
     that are not about a field of the request.
     """
     field, reason = (exc.field, exc.reason) if isinstance(exc, InputError) else (None, str(exc))
-    return {"error": {"type": type(exc).__name__, "message": str(exc), "field": field, "reason": reason}}
+    error: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc), "field": field, "reason": reason}
+    if isinstance(exc, EngineBusyError):
+        error["retry_after_s"] = exc.retry_after_s
+    return {"error": error}
 
 
 def error_from_payload(payload: Any, *, status: int | None = None, url: str = "") -> GarToolsError:
@@ -84,6 +89,9 @@ def error_from_payload(payload: Any, *, status: int | None = None, url: str = ""
         if not isinstance(reason, str):  # a worker that sends no reason: the message is all there is
             field, reason = None, message
         return cls(reason, field=field if isinstance(field, str) else None)
+    if cls is EngineBusyError:
+        retry = error.get("retry_after_s")
+        return EngineBusyError(message, retry_after_s=float(retry) if isinstance(retry, (int, float)) else 1.0)
     return cls(message)
 
 
@@ -223,8 +231,8 @@ class HttpEngine(Engine):
                 if response.status_code >= 400:
                     self._raise_for_error(response.status_code, await response.aread())
                 async for event, data in _sse_events(response.aiter_lines()):
-                    if event == "progress" and isinstance(data, dict):
-                        await progress(float(data.get("progress", 0)), data.get("total"), data.get("message"))
+                    if event == "text" and isinstance(data, dict):
+                        await progress(float(data.get("progress", 0)), data.get("total"), str(data.get("delta", "")))
                     elif event == "result":
                         return data
                     elif event == "error":

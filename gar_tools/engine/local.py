@@ -1,8 +1,17 @@
-"""The local engine: GAR in this process, on one dedicated worker thread.
+"""The local engine: GAR in this process, many requests in one continuously batched decode loop.
 
-Requests are decoded (image, regions, prompt) off the event loop, then run one at a time on the thread that owns
-the model, so async callers never block their loop and the model is never used by two threads at once. The model
-is loaded on first use (or by :meth:`LocalEngine.load`).
+A request goes through three places:
+
+1. off the event loop (a worker thread): read and validate the image and regions, build the question text
+   (:func:`build_job`), then the model inputs (:meth:`GarPipeline.prepare`) and the image's digest;
+2. the model thread of a :class:`~gar_tools.engine.scheduler.ContinuousBatcher`: the vision tower (only on the tiles
+   the regions touch; the others come from the per-image :class:`~gar_tools.model.tile_cache.TileFeatureCache`),
+   RoI replay, prefill, and decode steps shared with every other running request;
+3. back on the event loop: text deltas as tokens arrive (``progress``), then the result.
+
+The model is loaded on first use or by :meth:`LocalEngine.start`. Queue, batch size, KV budget and tile-cache
+size are bounded (see the constructor); a full queue raises :class:`~gar_tools.errors.EngineBusyError`.
+Cancelling a request (its task) frees its slot.
 """
 
 from __future__ import annotations
@@ -17,16 +26,23 @@ from typing import Any
 from PIL import Image
 
 from gar_tools.engine.base import Engine, Progress
+from gar_tools.engine.scheduler import ContinuousBatcher
 from gar_tools.images import ImagePolicy, load_image
 from gar_tools.inputs import ToolRequest
-from gar_tools.model.modeling import Geometry
-from gar_tools.model.pipeline import GarPipeline, Generation, load
+from gar_tools.model.decoder import BatchDecoder
+from gar_tools.model.detokenize import TextStream
+from gar_tools.model.modeling import TOKENS_PER_TILE, Geometry
+from gar_tools.model.pipeline import GarPipeline, load
 from gar_tools.model.prompts import SINGLE_REGION_PROMPT_INDEX, prompt_token
+from gar_tools.model.tile_cache import TileFeatureCache, image_digest
 from gar_tools.regions import DecodedRegion, decode_regions, draw_overlay, encode_png_base64
 from gar_tools.results import ModelInfo, RegionInfo, Timings, ToolResult
 from gar_tools.tools import ToolName, ToolSpec, get_tool
 
 __all__ = ["LocalEngine", "Job", "build_job"]
+
+#: Text tokens of a prompt beyond its image and slot tokens (upstream's framing + a long question), for sizing.
+_TEXT_TOKENS = 1024
 
 
 @dataclass
@@ -70,30 +86,58 @@ def build_job(tool: ToolName, request: ToolRequest, policy: ImagePolicy) -> Job:
     )
 
 
-class _TokenCounter:
-    """A ``generate`` streamer that reports progress to the event loop as tokens come."""
+async def _report(deltas: asyncio.Queue[tuple[int, str] | None], progress: Progress | None, total: int) -> None:
+    """Hand ``(tokens so far, text delta)`` items to ``progress`` in order, one at a time, until ``None``."""
+    while (item := await deltas.get()) is not None:
+        if progress is not None:
+            done, delta = item
+            await progress(float(done), float(total), delta)
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, progress: Progress, total: int) -> None:
-        self.loop, self.progress, self.total = loop, progress, total
-        self.count = -1  # the first put() is the prompt
 
-    def put(self, value: Any) -> None:
-        self.count += 1
-        if self.count > 0:
-            asyncio.run_coroutine_threadsafe(self.progress(float(self.count), float(self.total), None), self.loop)
+class _Runtime:
+    """What serving a loaded pipeline needs: the batcher (and its model thread), the decoder, the tile cache."""
 
-    def end(self) -> None:
-        pass
+    def __init__(self, pipeline: GarPipeline, settings: dict[str, Any]) -> None:
+        config = pipeline.config
+        max_tiles = pipeline.processor.max_num_tiles
+        needed = (1 + max_tiles) * TOKENS_PER_TILE + config.prompt_numbers * TOKENS_PER_TILE + _TEXT_TOKENS
+        max_len = settings["max_seq_len"] or needed + settings["max_new_tokens_limit"] + 1
+        on_cuda = pipeline.device.type == "cuda"
+        slots = settings["max_batch_size"] or (16 if on_cuda else 8)
+        self.pipeline = pipeline
+        self.decoder = BatchDecoder(pipeline.model, slots=slots, max_len=max_len)
+        self.batcher = ContinuousBatcher(
+            self.decoder,
+            max_batch_size=slots,
+            kv_budget_tokens=settings["kv_budget_tokens"],
+            max_queue=settings["max_queue"],
+            prefill_chunk_tokens=settings["prefill_chunk_tokens"],
+        ).start()
+        self.tiles = TileFeatureCache(settings["tile_cache_bytes"], device=pipeline.device)
+        tokenizer = pipeline.processor.tokenizer
+        self.eos_token_ids = [tokenizer.eos_token_id]
+
+    def close(self) -> None:
+        self.batcher.close()
 
 
 class LocalEngine(Engine):
-    """GAR in this process.
+    """GAR in this process, continuously batched.
 
     Args:
-        model: ``"tiny"``, a checkpoint folder, or a hub id (see :func:`gar_tools.model.load`).
+        model: ``"tiny"`` (random weights: meaningless text), a checkpoint folder, or a hub id
+            (see :func:`gar_tools.model.load`).
         dtype, device, geometry: passed to :func:`gar_tools.model.load`.
         policy: what images and masks may be read (size limits, allowed folders, URLs).
         pipeline: an already loaded pipeline to use instead of loading ``model``.
+        max_batch_size: sequences decoded together (slots of the KV cache); default 16 on CUDA, 8 on CPU.
+        kv_budget_tokens: tokens (prompt + ``max_new_tokens``) reserved in the KV cache at once; default: every
+            slot full. Requests beyond it, or beyond ``max_batch_size``, wait in the queue.
+        max_queue: requests waiting at once; one more gets :class:`~gar_tools.errors.EngineBusyError`.
+        max_seq_len: positions per slot (prompt + generated); default: the largest prompt the checkpoint can
+            produce plus the largest ``max_new_tokens``.
+        prefill_chunk_tokens: prompt tokens prefilled between two decode steps (None: whole prompts).
+        tile_cache_bytes: bound of the per-image tile-feature cache; default 256 MiB on CPU, 2 GiB on CUDA.
     """
 
     def __init__(
@@ -105,33 +149,63 @@ class LocalEngine(Engine):
         geometry: Geometry = "checkpoint",
         policy: ImagePolicy | None = None,
         pipeline: GarPipeline | None = None,
+        max_batch_size: int | None = None,
+        kv_budget_tokens: int | None = None,
+        max_queue: int = 64,
+        max_seq_len: int | None = None,
+        prefill_chunk_tokens: int | None = 2048,
+        tile_cache_bytes: int | None = None,
     ) -> None:
+        from gar_tools.inputs import MAX_NEW_TOKENS_LIMIT
+
         self.model_name = pipeline.name if pipeline is not None else model
         self._load_args = {"dtype": dtype, "device": device, "geometry": geometry}
+        self._settings: dict[str, Any] = {
+            "max_batch_size": max_batch_size,
+            "kv_budget_tokens": kv_budget_tokens,
+            "max_queue": max_queue,
+            "max_seq_len": max_seq_len,
+            "prefill_chunk_tokens": prefill_chunk_tokens,
+            "tile_cache_bytes": tile_cache_bytes,
+            "max_new_tokens_limit": MAX_NEW_TOKENS_LIMIT,
+        }
         self.policy = policy or ImagePolicy()
         self._pipeline = pipeline
-        self._load_lock = threading.Lock()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gar-model")
+        self._runtime: _Runtime | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gar-load")
 
     # --- model ---------------------------------------------------------------------------------------------------
     @property
     def pipeline(self) -> GarPipeline:
         """The loaded pipeline (loads it on first access)."""
-        if self._pipeline is None:
-            with self._load_lock:
-                if self._pipeline is None:
-                    self._pipeline = load(self.model_name, **self._load_args)  # type: ignore[arg-type]
-        return self._pipeline
+        return self._ready().pipeline
+
+    def _ready(self) -> _Runtime:
+        """The runtime, loading the model and starting the batcher on first use (thread-safe)."""
+        if self._runtime is None:
+            with self._lock:
+                if self._closed:
+                    from gar_tools.errors import EngineError
+
+                    raise EngineError("the local engine is closed")
+                if self._runtime is None:
+                    pipeline = self._pipeline or load(self.model_name, **self._load_args)  # type: ignore[arg-type]
+                    self._pipeline = pipeline
+                    self._runtime = _Runtime(pipeline, self._settings)
+        return self._runtime
 
     async def start(self) -> None:
-        """Load the model now, on the model thread (the event loop keeps running)."""
-        await asyncio.get_running_loop().run_in_executor(self._executor, lambda: self.pipeline)
+        """Load the model and start the decode loop now (on a loader thread; the event loop keeps running)."""
+        await asyncio.get_running_loop().run_in_executor(self._loader, self._ready)
 
     async def info(self) -> ModelInfo:
-        pipeline = self._pipeline
-        if pipeline is None:
-            tiny = self.model_name == "tiny"
-            return ModelInfo(model=self.model_name, tiny_model=tiny, loaded=False)
+        runtime = self._runtime
+        if runtime is None:
+            return ModelInfo(model=self.model_name, tiny_model=self.model_name == "tiny", loaded=False)
+        pipeline = runtime.pipeline
+        batch, tiles = runtime.batcher.stats(), runtime.tiles.stats()
         return ModelInfo(
             model=pipeline.name,
             tiny_model=pipeline.is_tiny,
@@ -140,30 +214,62 @@ class LocalEngine(Engine):
             dtype=str(pipeline.dtype).removeprefix("torch."),
             max_regions=pipeline.config.prompt_numbers,
             geometry=pipeline.geometry,
+            max_batch_size=batch["max_batch_size"],
+            max_queue=batch["max_queue"],
+            kv_budget_tokens=batch["kv_budget_tokens"],
+            kv_cache_bytes=batch["kv_cache_bytes"],
+            tile_cache_max_bytes=tiles["max_bytes"],
+            tile_cache_bytes=tiles["bytes"],
+            queued=batch["queued"],
+            running=batch["running"],
         )
 
     # --- running -------------------------------------------------------------------------------------------------
-    def _generate(self, job: Job, streamer: _TokenCounter | None) -> tuple[Generation, float]:
-        loaded_before = self._pipeline is not None
-        started = time.perf_counter()
-        pipeline = self.pipeline
-        load_ms = 0.0 if loaded_before else (time.perf_counter() - started) * 1000
-        prepared = pipeline.prepare(job.image, [r.mask for r in job.regions], job.question)
-        return pipeline.generate(prepared, max_new_tokens=job.request.max_new_tokens, streamer=streamer), load_ms
-
     async def run(self, tool: ToolName, request: ToolRequest, progress: Progress | None = None) -> ToolResult:
         loop = asyncio.get_running_loop()
         job = await asyncio.to_thread(build_job, tool, request, self.policy)
-        max_new_tokens = request.max_new_tokens
-        streamer = _TokenCounter(loop, progress, max_new_tokens) if progress is not None else None
-        generation, model_load_ms = await loop.run_in_executor(self._executor, self._generate, job, streamer)
+        loaded_before = self._runtime is not None
+        started = time.perf_counter()
+        runtime = self._runtime or await loop.run_in_executor(self._loader, self._ready)
+        model_load_ms = 0.0 if loaded_before else (time.perf_counter() - started) * 1000
+        pipeline = runtime.pipeline
+
+        def prepare() -> tuple[Any, str, float]:
+            begin = time.perf_counter()
+            prepared = pipeline.prepare(job.image, [r.mask for r in job.regions], job.question)
+            return prepared, image_digest(job.image), (time.perf_counter() - begin) * 1000
+
+        prepared, digest, prepare_ms = await asyncio.to_thread(prepare)
+        stream = TextStream(pipeline.processor.tokenizer)
+        deltas: asyncio.Queue[tuple[int, str] | None] = asyncio.Queue()
+        generated = 0
+
+        def on_token(ids: list[int]) -> None:  # runs on this event loop (the batcher hands ids over with loop=)
+            nonlocal generated
+            generated += len(ids)
+            deltas.put_nowait((generated, stream.push(ids)))
+
+        handle = runtime.batcher.submit(
+            lambda: pipeline.embed(prepared, runtime.tiles.image_features(pipeline.model, prepared, digest)),
+            max_new_tokens=request.max_new_tokens,
+            eos_token_ids=runtime.eos_token_ids,
+            on_token=on_token,
+            loop=loop,
+        )
+        reporter = asyncio.create_task(_report(deltas, progress, request.max_new_tokens))
+        try:
+            output = await handle  # cancelling this task cancels the request and frees its slot
+        finally:
+            deltas.put_nowait(None)
+            await reporter
+        tail = stream.finish()
+        if tail and progress is not None:
+            await progress(float(generated), float(request.max_new_tokens), tail)
         overlay = None
         if request.overlay:
-            png = await asyncio.to_thread(draw_overlay, job.image, job.regions)
-            overlay = encode_png_base64(png)
-        pipeline = self.pipeline
+            overlay = encode_png_base64(await asyncio.to_thread(draw_overlay, job.image, job.regions))
         return job.spec.result_model(
-            text=generation.text,
+            text=stream.text,
             regions=[
                 RegionInfo(id=r.id, prompt=prompt_token(k), box=list(r.box), area=r.area)
                 for r, k in zip(job.regions, job.prompt_indices, strict=True)
@@ -172,18 +278,26 @@ class LocalEngine(Engine):
             tiny_model=pipeline.is_tiny,
             timings=Timings(
                 load_ms=job.load_ms + model_load_ms,
-                encode_ms=generation.encode_ms,
-                generate_ms=generation.generate_ms,
-                tokens_generated=len(generation.token_ids),
+                queue_ms=output.queue_ms + output.wait_ms,
+                encode_ms=prepare_ms + output.encode_ms,
+                prefill_ms=output.prefill_ms,
+                generate_ms=output.prefill_ms + output.decode_ms,
+                tokens_generated=len(output.token_ids),
             ),
             overlay_png=overlay,
-            **job.spec.finish(request, generation.text),
+            **job.spec.finish(request, stream.text),
         )
 
+    # --- lifecycle -----------------------------------------------------------------------------------------------
     async def aclose(self) -> None:
-        """Stop the model thread once its current step is done, without blocking the event loop."""
+        """Stop the decode loop (running requests are cancelled) without blocking the event loop."""
         await asyncio.to_thread(self.close)
 
     def close(self) -> None:
         """Synchronous :meth:`aclose`."""
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            self._closed = True
+            runtime, self._runtime = self._runtime, None
+        self._loader.shutdown(wait=True, cancel_futures=True)
+        if runtime is not None:
+            runtime.close()

@@ -170,7 +170,7 @@ class ContinuousBatcher:
         return self
 
     def close(self) -> None:
-        """Stop the loop; requests not finished are cancelled."""
+        """Stop the loop; requests not finished fail with :class:`EngineError` (they do not hang)."""
         with self._lock:
             self._closed = True
             self._lock.notify_all()
@@ -446,16 +446,14 @@ class ContinuousBatcher:
             pass
 
     def _shutdown(self, error: EngineError | None) -> None:
-        """Cancel (closing) or fail (``error``) every request not finished."""
+        """Fail every request not finished, with ``error`` or, when closing, an error saying so."""
         with self._lock:
             waiting = list(self._queue)
             self._queue.clear()
         unfinished = [*waiting, *(r for r in self._slots if r is not None)]
         unfinished += [r for _pending, rows in self._inflight for r in rows if not r.done]
+        error = error or EngineError("the model scheduler was closed before the request finished")
         for request in unfinished:
             self._free(request)
-            if error is None:
-                request.future.cancel()
-            else:
-                self._fail(request, error)
+            self._fail(request, error)
         self._inflight.clear()
