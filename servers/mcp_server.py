@@ -4,9 +4,11 @@
   ``answer_about_regions``, …). Input schemas are exactly the fields of the tools' request models (with the
   LLM-oriented descriptions), output schemas their result models minus ``overlay_png``: results come back as
   ``structuredContent`` plus a JSON text block, and a requested overlay as an ``ImageContent`` PNG beside them.
-- Arguments are validated by the request models themselves, so every client (MCP, LangChain, LlamaIndex, the
-  worker) gets the same error messages naming the field; errors are raised, and the SDK returns them as
-  ``isError`` results, after which the server keeps serving.
+- Arguments are validated by the request models only (:func:`mcp_tool`): the SDK passes them through unvalidated,
+  so an unknown or misspelt argument is an error naming it, and missing or wrongly typed ones get the same
+  message, naming the field (``regions[1].box``), as from the toolkit, LangChain, LlamaIndex and the worker; no
+  raw pydantic or SDK text. Errors are raised, and the SDK returns them as ``isError`` results, after which the
+  server keeps serving.
 - Progress notifications (tokens generated) are sent while generating, to clients that ask for them.
 - The engine (a local model, or a client of a shared ``gar-tools worker``) lives in the server lifespan.
 - Resources ``gar://guide`` (usage guide), ``gar://examples`` (bundled example images with ready-made calls) and
@@ -30,6 +32,8 @@ from typing import Annotated, Any
 import pydantic
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
+from mcp.server.mcpserver.tools import Tool
+from mcp.server.mcpserver.utilities.func_metadata import FuncMetadata
 from mcp_types import CallToolResult, ContentBlock, ImageContent, TextContent, ToolAnnotations
 from pydantic import Field, SkipValidation
 from starlette.types import ASGIApp
@@ -51,6 +55,7 @@ __all__ = [
     "GarServerState",
     "create_server",
     "http_app",
+    "mcp_tool",
     "output_model",
     "run_server",
     "tool_result",
@@ -105,6 +110,23 @@ def _schema_only(info: pydantic.fields.FieldInfo) -> Any:
     ]
 
 
+class _RequestModelArguments(FuncMetadata):
+    """Hands a call's arguments to the tool function as they came, for the request model to validate.
+
+    The SDK would validate them against the function's signature first, drop unknown keys silently and answer
+    missing or wrongly typed ones with raw pydantic text. Here only the SDK's pre-parsing of JSON-encoded objects
+    and lists (some clients send ``"region": "{...}"``) is kept; the request model (``extra="forbid"``, strict
+    types) then names every unknown, missing or wrongly typed argument in the toolkit's own words.
+    """
+
+    def validate_arguments(self, arguments_to_validate: dict[str, Any]) -> dict[str, Any]:
+        parsed = self.pre_parse_json(arguments_to_validate)
+        return {
+            key: parsed[key] if isinstance(parsed[key], (dict, list)) else value
+            for key, value in arguments_to_validate.items()
+        }
+
+
 def tool_result(result: ToolResult) -> CallToolResult:
     """A tool result as MCP content: JSON text (+ tiny-model note) and structured content; overlay as an image."""
     content: list[ContentBlock] = [TextContent(type="text", text=result_json(result))]
@@ -119,7 +141,9 @@ def _tool_function(spec: ToolSpec) -> Callable[..., Awaitable[CallToolResult]]:
     """The async function registered for a tool, with a signature built from its request model's fields."""
     tool: ToolName = spec.name
 
-    async def run_tool(ctx: Context, **arguments: Any) -> CallToolResult:
+    async def run_tool(gar_mcp_context: Context, **arguments: Any) -> CallToolResult:
+        # The context's name is one no request model uses: the SDK passes it beside the caller's arguments.
+        ctx = gar_mcp_context
         state: GarServerState = ctx.request_context.lifespan_context
 
         async def progress(done: float, total: float | None, message: str | None) -> None:
@@ -141,12 +165,30 @@ def _tool_function(spec: ToolSpec) -> Callable[..., Awaitable[CallToolResult]]:
         )
         for name, info in spec.request_model.model_fields.items()
     ]
-    parameters.append(inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context))
+    parameters.append(inspect.Parameter("gar_mcp_context", inspect.Parameter.KEYWORD_ONLY, annotation=Context))
     returns = Annotated[CallToolResult, output_model(spec)]
     run_tool.__name__ = run_tool.__qualname__ = tool
     run_tool.__signature__ = inspect.Signature(parameters, return_annotation=returns)  # type: ignore[attr-defined]
     run_tool.__annotations__ = {p.name: p.annotation for p in parameters} | {"return": returns}
     return run_tool
+
+
+def mcp_tool(spec: ToolSpec, policy: ImagePolicy | None = None) -> Tool:
+    """The MCP tool of ``spec``: the request model's schema, arguments validated by the request model only."""
+    tool = Tool.from_function(
+        _tool_function(spec),
+        name=spec.name,
+        title=spec.title,
+        description=tool_description(spec.name, policy, limit=4000),
+        annotations=ToolAnnotations.model_validate({"title": spec.title, **spec.annotations}),
+    )
+    metadata = _RequestModelArguments(
+        arg_model=tool.fn_metadata.arg_model,
+        output_schema=tool.fn_metadata.output_schema,
+        output_model=tool.fn_metadata.output_model,
+        wrap_output=tool.fn_metadata.wrap_output,
+    )
+    return tool.model_copy(update={"fn_metadata": metadata})
 
 
 # --- server ----------------------------------------------------------------------------------------------------------
@@ -193,6 +235,7 @@ def create_server(
 
     server: MCPServer[GarServerState] = MCPServer(
         "gar-tools",
+        tools=[mcp_tool(spec, policy) for spec in tools()],
         title="GAR region tools",
         description="Describe, compare and ask about image regions with GAR (Grasp Any Region).",
         instructions=INSTRUCTIONS,
@@ -200,14 +243,6 @@ def create_server(
         lifespan=lifespan,
         log_level="WARNING",
     )
-    for spec in tools():
-        server.add_tool(
-            _tool_function(spec),
-            name=spec.name,
-            title=spec.title,
-            description=tool_description(spec.name, policy, limit=4000),
-            annotations=ToolAnnotations.model_validate({"title": spec.title, **spec.annotations}),
-        )
     _add_resources(server, policy)
     return server
 
