@@ -24,6 +24,7 @@ import asyncio
 import inspect
 import json
 import logging
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -46,7 +47,7 @@ from gar_tools.errors import GarToolsError
 from gar_tools.images import ImagePolicy
 from gar_tools.inputs import MAX_REGIONS
 from gar_tools.results import TINY_MODEL_NOTE, ToolResult
-from gar_tools.servers.common import BearerTokenMiddleware, serve_app
+from gar_tools.servers.common import BearerTokenMiddleware, RequestLimitsMiddleware, serve_app
 from gar_tools.servers.settings import ServeSettings
 from gar_tools.toolkit import GarToolkit
 from gar_tools.tools import ToolName, ToolSpec, tools
@@ -59,6 +60,7 @@ __all__ = [
     "output_model",
     "run_server",
     "tool_result",
+    "worker_health",
 ]
 
 logger = logging.getLogger("gar_tools.mcp")
@@ -287,30 +289,86 @@ def _add_resources(server: MCPServer[GarServerState], policy: ImagePolicy) -> No
 
 
 def run_server(settings: ServeSettings) -> None:
-    """Run the MCP server until interrupted (``gar-tools serve``), over stdio or streamable HTTP."""
+    """Run the MCP server until interrupted (``gar-tools serve``), over stdio or streamable HTTP.
+
+    Prints one line to stderr once it serves: the URL (HTTP) or ``stdio``, the engine, the model and whether a
+    token is required.
+    """
     server = create_server(settings)
+    engine = settings.engine if settings.engine.strip().lower() != "local" else "local"
+    model = f"model {settings.model}" if engine == "local" else "model served by the worker"
     if settings.transport == "stdio":
+        print(f"gar-tools: the MCP server serves over stdio (engine {engine}, {model})", file=sys.stderr, flush=True)
         server.run("stdio")
         return
-    app = http_app(server, host=settings.host, token=settings.token, path=settings.path)
-    serve_app(app, host=settings.host, port=settings.port, token=settings.token, what="the MCP server")
+    worker = None if engine == "local" else engine
+    app = http_app(
+        server,
+        host=settings.host,
+        token=settings.token,
+        path=settings.path,
+        worker_url=worker,
+        body_timeout_s=settings.body_timeout_s,
+        chunk_timeout_s=settings.chunk_timeout_s,
+    )
+    serve_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        token=settings.token,
+        what="the MCP server",
+        path=settings.path,
+        details=f"engine {engine}, {model}",
+        header_timeout_s=settings.header_timeout_s,
+    )
+
+
+async def worker_health(url: str, timeout_s: float = 3.0) -> dict[str, Any]:
+    """Whether the worker at ``url`` answers its ``/healthz``: ``{"worker": "ok" | "unreachable", ...}``."""
+    import httpx
+
+    try:
+        async with httpx.AsyncClient(timeout=timeout_s) as client:
+            response = await client.get(f"{url.rstrip('/')}/healthz")
+    except httpx.HTTPError as exc:
+        return {"worker": "unreachable", "worker_url": url, "error": f"{type(exc).__name__}: {exc}"[:300]}
+    if response.status_code != 200:
+        return {"worker": "unreachable", "worker_url": url, "error": f"HTTP {response.status_code}"}
+    return {"worker": "ok", "worker_url": url}
 
 
 def http_app(
-    server: MCPServer[GarServerState], *, host: str = "127.0.0.1", token: str | None = None, path: str = "/mcp"
+    server: MCPServer[GarServerState],
+    *,
+    host: str = "127.0.0.1",
+    token: str | None = None,
+    path: str = "/mcp",
+    worker_url: str | None = None,
+    body_timeout_s: float | None = 30.0,
+    chunk_timeout_s: float | None = 10.0,
 ) -> ASGIApp:
     """The streamable-HTTP ASGI app of ``server`` at ``path``, with ``GET /healthz``; bearer token if given.
 
-    With a token, every request but ``/healthz`` needs ``Authorization: Bearer <token>`` (401 otherwise).
+    With a token, every request but ``/healthz`` needs ``Authorization: Bearer <token>`` (401 otherwise). With
+    ``worker_url`` (a front-end of a ``gar-tools worker``), ``/healthz`` also reports whether the worker answers:
+    ``503`` with ``"worker": "unreachable"`` when it does not. Request bodies must arrive within the body timeouts
+    (408 otherwise); the SDK checks ``Host``, ``Origin``, content type and body size.
     """
     from starlette.requests import Request
     from starlette.responses import JSONResponse
 
     @server.custom_route("/healthz", methods=["GET"])
     async def healthz(request: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok"})
+        if worker_url is None:
+            return JSONResponse({"status": "ok", "engine": "local"})
+        worker = await worker_health(worker_url)
+        healthy = worker["worker"] == "ok"
+        return JSONResponse(
+            {"status": "ok" if healthy else "degraded", "engine": "http", **worker}, status_code=200 if healthy else 503
+        )
 
     app: ASGIApp = server.streamable_http_app(streamable_http_path=path, host=host)
+    app = RequestLimitsMiddleware(app, body_timeout_s=body_timeout_s, chunk_timeout_s=chunk_timeout_s)
     if token:
         app = BearerTokenMiddleware(app, token, open_paths={"/healthz"})
     return app

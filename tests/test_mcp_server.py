@@ -258,9 +258,11 @@ async def test_resources_and_prompt_help_a_client(server):
             assert not result.is_error
 
 
-def test_http_app_without_token_is_not_wrapped(settings):
+def test_http_app_without_token_needs_none(settings):
+    from gar_tools.servers.common import BearerTokenMiddleware
+
     app = http_app(create_server(settings))
-    assert type(app).__name__ == "Starlette"
+    assert not isinstance(app, BearerTokenMiddleware)
 
 
 # --- real transports -------------------------------------------------------------------------------------------------
@@ -289,6 +291,10 @@ def http_server(tmp_path_factory):
     log = tmp_path_factory.mktemp("mcp-http") / "server.log"
     args = ["serve", "--transport", "http", "--port", str(port), "--token-env", "GAR_TEST_MCP_TOKEN", "--device", "cpu"]
     with run_cli_server(args, ready_url=f"http://127.0.0.1:{port}/healthz", log=log, env={"GAR_TEST_MCP_TOKEN": token}):
+        banner = (
+            f"the MCP server listening on http://127.0.0.1:{port}/mcp (engine local, model tiny, token required: yes)"
+        )
+        assert banner in log.read_text()
         yield f"http://127.0.0.1:{port}/mcp", token
 
 
