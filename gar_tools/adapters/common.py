@@ -106,6 +106,10 @@ Give each region in exactly one format:
 - `{{"polygon": [[x0, y0, x1, y1, x2, y2, ...]]}}`: one or more polygons in pixels.
 - `{{"box": [x1, y1, x2, y2]}}`: a filled rectangle; an approximation, since GAR was trained on masks.
 
+Coordinates are pixels, never fractions of the image: a box whose four values all lie in [0, 1] is refused.
+Arguments are checked strictly: numbers must be JSON numbers and `overlay` a JSON boolean (not strings), and an
+unknown or misspelt argument is an error naming it.
+
 Add `"id": "dog"` to name a region; ids default to r0, r1, ... At most {MAX_REGIONS} regions per call (GAR has
 {MAX_REGIONS} region slots): split larger sets over several calls.
 
@@ -114,8 +118,8 @@ In answer_about_regions, refer to regions as `<id>` (e.g. `What is <r0> holding?
 For multiple choice, give the options in `choices`; the result's `choice` holds the letter.
 
 ## Results
-`text` is the answer; `regions` lists each region's id, box and area as understood; `timings` and `model` say how
-it ran. With `overlay: true` you also get a PNG of the image with the regions outlined and labelled.
+`text` is the answer; `regions` lists each region's id, box and area as understood; `image_size` is the image's
+`[width, height]` in pixels (the frame of every coordinate); `timings` and `model` say how it ran. With `overlay: true` you also get a PNG of the image with the regions outlined and labelled.
 {_TINY_SENTENCE}
 
 ## Examples
