@@ -119,7 +119,8 @@ For multiple choice, give the options in `choices`; the result's `choice` holds 
 
 ## Results
 `text` is the answer; `regions` lists each region's id, box and area as understood; `image_size` is the image's
-`[width, height]` in pixels (the frame of every coordinate); `timings` and `model` say how it ran. With `overlay: true` you also get a PNG of the image with the regions outlined and labelled.
+`[width, height]` in pixels (the frame of every coordinate); `timings` and `model` say how it ran. With
+`overlay: true` you also get a PNG of the image with the regions outlined and labelled.
 {_TINY_SENTENCE}
 
 ## Examples
