@@ -332,6 +332,8 @@ def _decode_box(box: object, size: tuple[int, int], field: str, rid: str) -> np.
         raise _region_error(field, rid, "box coordinates must be numbers") from exc
     if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
         raise _region_error(field, rid, "box coordinates must be finite numbers (no NaN or infinity)")
+    if x2 <= x1 or y2 <= y1:
+        raise _region_error(field, rid, f"box {[x1, y1, x2, y2]} needs x2 > x1 and y2 > y1 ([x1, y1, x2, y2], pixels)")
     if (width > 2 or height > 2) and all(0.0 <= v <= 1.0 for v in (x1, y1, x2, y2)):
         raise _region_error(
             field,
@@ -340,8 +342,6 @@ def _decode_box(box: object, size: tuple[int, int], field: str, rid: str) -> np.
             f"pixels of the {width}x{height} image: multiply x by {width} and y by {height}, e.g. "
             f"{[round(x1 * width), round(y1 * height), round(x2 * width), round(y2 * height)]}",
         )
-    if x2 <= x1 or y2 <= y1:
-        raise _region_error(field, rid, f"box {[x1, y1, x2, y2]} needs x2 > x1 and y2 > y1 ([x1, y1, x2, y2], pixels)")
     c0, c1 = max(math.floor(x1), 0), min(math.ceil(x2), width)
     r0, r1 = max(math.floor(y1), 0), min(math.ceil(y2), height)
     if c1 <= c0 or r1 <= r0:

@@ -197,3 +197,24 @@ async def test_front_end_healthz_reports_its_worker(worker_url):
             response = await client.get("/healthz")
         assert response.status_code == status, response.text
         assert response.json()["worker"] == state and response.json()["worker_url"] == url
+
+
+def test_worker_answers_an_unexpected_failure_in_json():
+    from starlette.testclient import TestClient
+
+    from gar_tools.engine.base import Engine
+
+    class BrokenEngine(Engine):
+        policy = server_policy()
+
+        async def run(self, tool, request, progress=None):
+            raise RuntimeError("boom")
+
+        async def info(self):
+            raise RuntimeError("no info")
+
+    app = create_worker_app(WorkerSettings(preload=False), engine_factory=BrokenEngine)
+    with TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False) as client:
+        for response in (client.get("/v1/model"), client.post("/v1/describe_region", json=GOOD)):
+            error = _error(response, 500, "EngineError")
+            assert "RuntimeError" in error["message"]
