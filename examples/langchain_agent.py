@@ -19,7 +19,6 @@ from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 
 from gar_tools.adapters.langchain import GarLangChainToolkit
-from gar_tools.images import ImagePolicy
 
 ASSETS = Path(__file__).resolve().parents[1] / "gar_tools" / "assets"
 
@@ -75,7 +74,7 @@ def scripted_chat_model(max_new_tokens: int) -> ScriptedChatModel:
 
 def run(model: str, max_new_tokens: int) -> list[BaseMessage]:
     """Run the loop and return the conversation."""
-    toolkit = GarLangChainToolkit.from_model(model, policy=ImagePolicy(allowed_dirs=(ASSETS,)))  # paths only from here
+    toolkit = GarLangChainToolkit.from_model(model, allowed_dirs=[ASSETS])  # paths only from here
     tools = toolkit.get_tools()
     tools_by_name = {tool.name: tool for tool in tools}
     llm = scripted_chat_model(max_new_tokens).bind_tools(tools)  # a real chat model goes here

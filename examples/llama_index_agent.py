@@ -23,7 +23,6 @@ from llama_index.core.llms import ChatMessage, MessageRole
 from llama_index.core.llms.mock import MockFunctionCallingLLM
 
 from gar_tools.adapters.llama_index import GarToolSpec
-from gar_tools.images import ImagePolicy
 
 ASSETS = Path(__file__).resolve().parents[1] / "gar_tools" / "assets"
 
@@ -63,7 +62,7 @@ def scripted_llm(max_new_tokens: int) -> MockFunctionCallingLLM:
 
 async def run(model: str, max_new_tokens: int) -> tuple[str, list[ToolCallResult]]:
     """Run the agent once; return its reply and the tool calls it made."""
-    spec = GarToolSpec.from_model(model, policy=ImagePolicy(allowed_dirs=(ASSETS,)))  # paths only from here
+    spec = GarToolSpec.from_model(model, allowed_dirs=[ASSETS])  # paths only from here
     agent = FunctionAgent(
         tools=spec.to_tool_list(),
         llm=scripted_llm(max_new_tokens),  # a real function-calling LLM goes here

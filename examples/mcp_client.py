@@ -5,8 +5,9 @@
     python examples/mcp_client.py --config examples/claude_desktop_config.json --model tiny
 
 With ``--config`` the server is started exactly as a desktop MCP client would start it from that
-``mcpServers`` entry (``--model`` and ``--device``, when given here, are appended and win). If the ``gar-tools``
-command is not on PATH, the CLI module is run with this Python instead.
+``mcpServers`` entry (``--model`` and ``--device``, when given here, are appended and win). If the entry's
+command does not exist here (the example config names a placeholder venv), ``python -m gar_tools`` is run with
+this Python instead, and ``--allow-dir`` folders that do not exist here are replaced by the bundled examples.
 """
 
 from __future__ import annotations
@@ -24,6 +25,15 @@ from mcp import Client, StdioServerParameters
 ASSETS = Path(__file__).resolve().parents[1] / "gar_tools" / "assets"
 
 
+def _existing_dir(arg: str, option: str) -> str:
+    """An ``--allow-dir`` value of a config made for another machine that does not exist here: the bundled
+    examples instead (the server refuses folders that do not exist)."""
+    if option == "--allow-dir" and not Path(arg).expanduser().is_dir():
+        print(f"(--allow-dir {arg} does not exist here; using {ASSETS})", file=sys.stderr)
+        return str(ASSETS)
+    return arg
+
+
 def server_parameters(args: argparse.Namespace) -> StdioServerParameters:
     """How to start the server: from a desktop-client config entry, or ``gar-tools serve`` with this Python."""
     env: dict[str, str] = {}
@@ -33,8 +43,14 @@ def server_parameters(args: argparse.Namespace) -> StdioServerParameters:
         command, server_args, env = entry["command"], list(entry.get("args", [])), dict(entry.get("env", {}))
     else:
         command, server_args = "gar-tools", ["serve", "--transport", "stdio"]
-    if command == "gar-tools" and shutil.which(command) is None:
-        command, server_args = sys.executable, ["-m", "gar_tools.cli", *server_args]
+    if shutil.which(command) is None:  # e.g. the config's placeholder venv path: use this Python's gar_tools
+        name = Path(command).name
+        if name == "gar-tools":
+            command, server_args = sys.executable, ["-m", "gar_tools", *server_args]
+        elif name.startswith("python"):
+            command = sys.executable
+    options = ["", *server_args][: len(server_args)]  # the option before each argument
+    server_args = [_existing_dir(arg, option) for option, arg in zip(options, server_args, strict=True)]
     if args.model is not None:
         server_args += ["--model", args.model]
     if args.device is not None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import os
 import sys
 import types
 import typing
@@ -151,6 +152,11 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
         help="also write a PNG of the image with the regions outlined and labelled",
     )
     parser.add_argument("--allow-urls", action="store_true", help="allow http(s) image URLs")
+    parser.add_argument(
+        "--allow-private-urls",
+        action="store_true",
+        help="with --allow-urls: also fetch URLs on loopback, private or link-local addresses (off by default)",
+    )
 
 
 def _add_policy_options(parser: argparse.ArgumentParser) -> None:
@@ -165,6 +171,12 @@ def _add_policy_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--allow-urls", action="store_true", help="let callers pass http(s) image URLs (this process fetches them)"
+    )
+    parser.add_argument(
+        "--allow-private-urls",
+        action="store_true",
+        help="with --allow-urls: also fetch URLs on loopback, private or link-local addresses (off by default: "
+        "callers could otherwise reach services on this machine's network)",
     )
 
 
@@ -231,6 +243,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_http_options(worker, port=8001, what="clients")
     _add_policy_options(worker)
+    worker.add_argument(
+        "--allow-host",
+        action="append",
+        default=None,
+        metavar="HOST[:PORT|:*]",
+        help="Host header value clients may use, e.g. gpu-box:8001 or gpu-box:*; repeat for several (default: "
+        "loopback names when bound to loopback, any otherwise)",
+    )
+    worker.add_argument(
+        "--allow-origin",
+        action="append",
+        default=None,
+        metavar="ORIGIN",
+        help="browser Origin allowed to call the worker, e.g. https://app.example; repeat for several (default: "
+        "loopback origins; requests without Origin always pass)",
+    )
+    worker.add_argument(
+        "--max-body-mb",
+        type=float,
+        default=None,
+        metavar="MB",
+        help="largest request body in MiB (default: the image limit as base64 plus 4 MiB)",
+    )
     _add_model_options(worker)
     worker.set_defaults(handler=_worker)
 
@@ -306,11 +341,58 @@ def _regions(args: argparse.Namespace, spec: ToolSpec) -> Any:
     return regions[0]
 
 
+def _url_flags(args: argparse.Namespace) -> tuple[bool, bool]:
+    """``(allow_urls, allow_private_urls)``; private URLs only on top of ``--allow-urls``."""
+    allow_urls, allow_private = (
+        bool(getattr(args, "allow_urls", False)),
+        bool(getattr(args, "allow_private_urls", False)),
+    )
+    if allow_private and not allow_urls:
+        raise InputError("needs --allow-urls (it only widens which URLs are fetched)", field="--allow-private-urls")
+    return allow_urls, allow_private
+
+
+def _allowed_dirs(args: argparse.Namespace) -> list[Path]:
+    """The ``--allow-dir`` folders, each checked to exist (a typo must not silently allow nothing)."""
+    for folder in args.allow_dir:
+        if not folder.expanduser().is_dir():
+            what = "is not a folder" if folder.expanduser().exists() else "does not exist"
+            raise InputError(f"{str(folder)!r} {what}; give existing folders", field="--allow-dir")
+    return list(args.allow_dir)
+
+
+def _server_policy(args: argparse.Namespace) -> Any:
+    from gar_tools.servers.settings import server_policy
+
+    allow_urls, allow_private = _url_flags(args)
+    return server_policy(_allowed_dirs(args), allow_urls=allow_urls, allow_private_urls=allow_private)
+
+
+def _check_writable(path: Path, option: str) -> None:
+    """Refuse an output file that cannot be written, before the model runs."""
+    target = path.expanduser()
+    parent = target.parent
+    if target.is_dir():
+        raise InputError(f"{str(path)!r} is a folder; give a file name such as out.png", field=option)
+    if not parent.is_dir():
+        raise InputError(f"the folder {str(parent)!r} does not exist; create it first", field=option)
+    if not os.access(parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise InputError(f"{str(path)!r} cannot be written (permission denied)", field=option)
+
+
+def _write(path: Path, data: bytes, option: str) -> None:
+    try:
+        path.expanduser().write_bytes(data)
+    except OSError as exc:
+        raise InputError(f"could not write {str(path)!r}: {exc.strerror or exc}", field=option) from exc
+
+
 def _toolkit(args: argparse.Namespace) -> Any:
     from gar_tools.images import ImagePolicy
     from gar_tools.toolkit import GarToolkit
 
-    policy = ImagePolicy(allow_urls=bool(getattr(args, "allow_urls", False)))
+    allow_urls, allow_private = _url_flags(args)
+    policy = ImagePolicy(allow_urls=allow_urls, allow_private_urls=allow_private)
     return GarToolkit(args.model, policy=policy, **_engine_kwargs(args))
 
 
@@ -333,11 +415,13 @@ def _run_tool(args: argparse.Namespace) -> None:
         "overlay": args.overlay is not None,
         **fields,
     }
+    if args.overlay is not None:
+        _check_writable(args.overlay, "--overlay")
     with _toolkit(args) as toolkit:
         result = toolkit.run(spec.name, request)
     _tiny_notice([result])
     if args.overlay is not None and result.overlay_png:
-        args.overlay.write_bytes(base64.b64decode(result.overlay_png))
+        _write(args.overlay, base64.b64decode(result.overlay_png), "--overlay")
     if args.json:
         print(result.model_dump_json(indent=2, exclude={"overlay_png"}))
         return
@@ -350,7 +434,11 @@ def _run_tool(args: argparse.Namespace) -> None:
 def _demo(args: argparse.Namespace) -> None:
     from gar_tools.catalog import example_calls
 
-    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create {str(args.out)!r}: {exc.strerror or exc}", field="--out") from exc
+    _check_writable(args.out / "describe_region.png", "--out")
     with _toolkit(args) as toolkit:
         runs = {
             tool: toolkit.run(tool, {**arguments, "max_new_tokens": args.max_new_tokens, "overlay": True})
@@ -359,7 +447,7 @@ def _demo(args: argparse.Namespace) -> None:
     _tiny_notice(list(runs.values()))
     for tool, result in runs.items():
         path = args.out / f"{tool}.png"
-        path.write_bytes(base64.b64decode(result.overlay_png or ""))
+        _write(path, base64.b64decode(result.overlay_png or ""), "--out")
         extra = "".join(
             f" ({name}: {value})"
             for name, value in result.model_dump().items()
@@ -371,7 +459,7 @@ def _demo(args: argparse.Namespace) -> None:
 def _serve(args: argparse.Namespace) -> None:
     try:
         from gar_tools.servers.mcp_server import run_server
-        from gar_tools.servers.settings import ServeSettings, server_policy, token_from_env
+        from gar_tools.servers.settings import ServeSettings, token_from_env
     except ImportError as exc:
         raise GarToolsError(f"serve needs the MCP extra: pip install 'gar-tools[mcp]' ({exc})") from exc
 
@@ -389,7 +477,7 @@ def _serve(args: argparse.Namespace) -> None:
     settings = ServeSettings(
         engine=engine,
         model=args.model,
-        policy=server_policy(args.allow_dir, allow_urls=args.allow_urls),
+        policy=_server_policy(args),
         worker_token=token_from_env(args.worker_token_env),
         engine_kwargs=_engine_kwargs(args),
         transport=args.transport,
@@ -402,20 +490,31 @@ def _serve(args: argparse.Namespace) -> None:
 
 def _worker(args: argparse.Namespace) -> None:
     try:
-        from gar_tools.servers.settings import WorkerSettings, server_policy, token_from_env
+        from gar_tools.servers.settings import WorkerSettings, token_from_env
         from gar_tools.servers.worker_app import run_worker
     except ImportError as exc:
         raise GarToolsError(f"worker needs the server extra: pip install 'gar-tools[server]' ({exc})") from exc
 
     settings = WorkerSettings(
         model=args.model,
-        policy=server_policy(args.allow_dir, allow_urls=args.allow_urls),
+        policy=_server_policy(args),
         engine_kwargs=_engine_kwargs(args),
         host=args.host,
         port=args.port,
         token=token_from_env(args.token_env),
+        allowed_hosts=tuple(args.allow_host) if args.allow_host else None,
+        allowed_origins=tuple(args.allow_origin) if args.allow_origin else None,
+        max_body_bytes=_max_body_bytes(args.max_body_mb),
     )
     run_worker(settings)
+
+
+def _max_body_bytes(megabytes: float | None) -> int | None:
+    if megabytes is None:
+        return None
+    if not megabytes > 0:
+        raise InputError(f"must be a positive number of MiB, got {megabytes}", field="--max-body-mb")
+    return int(megabytes * 2**20)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -180,10 +180,11 @@ def _may_read(path: Path, policy: ImagePolicy) -> bool:
 def _outside_error(source: str, policy: ImagePolicy, field: str) -> ImageError:
     """The one error for a path outside the allowed folders: the same whether or not something exists there."""
     shown = source if len(source) <= 80 else source[:77] + "..."
-    allowed = ", ".join(str(d) for d in policy.allowed_dirs or ())
+    allowed = ", ".join(str(d) for d in policy.allowed_dirs or ()) or "none: local paths are off"
     return ImageError(
         f"{shown!r} is outside the allowed folders ({allowed}), and not a data: URI, base64 or URL; "
-        "pass a file inside them, or the image as a data: URI or base64",
+        "pass a file inside them, or the image as a data: URI or base64 (whoever runs the tools allows a folder "
+        "with --allow-dir DIR, or allowed_dirs=[DIR] / ImagePolicy(allowed_dirs=...) in Python)",
         field=field,
     )
 

@@ -7,6 +7,7 @@ lengths, exactly one region format); :mod:`gar_tools.regions` checks regions aga
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 from typing import Annotated, Any
 
@@ -44,7 +45,9 @@ REGION_FORMATS = ("mask", "rle", "polygon", "box")
 MAX_NEW_TOKENS_DEFAULT = 1024
 MAX_NEW_TOKENS_LIMIT = 4096
 
-_FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+_FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+"""A coordinate: an int or a float, finite; never a string or a boolean (strict: no silent coercion)."""
+_StrictInt = Annotated[int, Field(strict=True)]
 
 _IMAGE_DESCRIPTION = (
     "The image: a local file path (readable by the server), a data: URI (data:image/png;base64,...), "
@@ -74,12 +77,12 @@ class RLE(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    size: list[int] = Field(
+    size: list[_StrictInt] = Field(
         min_length=2,
         max_length=2,
         description="[height, width] of the mask in pixels (COCO order: height first). Must equal the image's size.",
     )
-    counts: str | list[int] = Field(
+    counts: str | list[_StrictInt] = Field(
         description=(
             "COCO RLE counts: either the compressed string (as produced by pycocotools.mask.encode, e.g. in COCO "
             "annotations) or the uncompressed list of run lengths, which alternate outside/inside starting with "
@@ -180,9 +183,13 @@ class ToolRequest(BaseModel):
 
     image: str = Field(min_length=1, description=_IMAGE_DESCRIPTION)
     max_new_tokens: int = Field(
-        default=MAX_NEW_TOKENS_DEFAULT, ge=1, le=MAX_NEW_TOKENS_LIMIT, description=_MAX_NEW_TOKENS_DESCRIPTION
+        default=MAX_NEW_TOKENS_DEFAULT,
+        ge=1,
+        le=MAX_NEW_TOKENS_LIMIT,
+        strict=True,
+        description=_MAX_NEW_TOKENS_DESCRIPTION,
     )
-    overlay: bool = Field(default=False, description=_OVERLAY_DESCRIPTION)
+    overlay: bool = Field(default=False, strict=True, description=_OVERLAY_DESCRIPTION)
 
 
 class DescribeRegionRequest(ToolRequest):
@@ -254,32 +261,113 @@ class AnswerAboutRegionsRequest(ToolRequest):
         return _check_region_count(value, minimum=1, tool="answer_about_regions")
 
 
-def _error_message(error: Any) -> str:
-    if error.get("type") == "value_error":
+_JSON_TYPE_NAMES = {
+    str: "a string",
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+    list: "a list",
+    tuple: "a list",
+    dict: "an object",
+    type(None): "null",
+}
+_TYPE_ERRORS = ("int_type", "float_type", "bool_type", "string_type", "list_type", "dict_type", "model_type")
+
+
+def _model_at(model: type[BaseModel] | None, loc: Sequence[Any]) -> type[BaseModel] | None:
+    """The pydantic model that holds the field at ``loc`` (the parent of its last part), if it can be found."""
+    for part in loc[:-1]:
+        if model is None:
+            return None
+        if isinstance(part, int):
+            continue
+        info = model.model_fields.get(str(part))
+        if info is None:
+            return None
+        model = _model_in(info.annotation)
+    return model
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _request_model(title: str) -> type[BaseModel] | None:
+    """The request model (a :class:`ToolRequest` subclass) named ``title``, if there is one."""
+    pending: list[type[BaseModel]] = [ToolRequest]
+    while pending:
+        cls = pending.pop()
+        if cls.__name__ == title:
+            return cls
+        pending.extend(cls.__subclasses__())
+    return None
+
+
+def _unknown_field_message(loc: Sequence[Any], model: type[BaseModel] | None) -> str:
+    parent = _model_at(model, loc)
+    if parent is None:
+        return "unknown field; remove it (check the spelling against the tool's schema)"
+    allowed = list(parent.model_fields)
+    what = "argument" if len(loc) == 1 else "field"
+    lowered = {name.lower(): name for name in allowed}
+    close = difflib.get_close_matches(str(loc[-1]).lower(), list(lowered), n=1, cutoff=0.6) if loc else []
+    hint = f"did you mean {lowered[close[0]]!r}? " if close else ""
+    return f"unknown {what}; {hint}allowed: {', '.join(allowed)}"
+
+
+def _error_message(error: Any, model: type[BaseModel] | None = None) -> str:
+    kind = error.get("type")
+    if kind == "value_error":
         ctx = error.get("ctx") or {}
         if "error" in ctx:
             return str(ctx["error"])
-    return str(error.get("msg", "invalid value"))
+    if kind == "extra_forbidden":
+        return _unknown_field_message(error.get("loc", ()), model)
+    if kind == "missing":
+        return "required field is missing"
+    message = str(error.get("msg", "invalid value"))
+    if kind in _TYPE_ERRORS and "input" in error:
+        got = _JSON_TYPE_NAMES.get(type(error["input"]), type(error["input"]).__name__)
+        message += f", got {got}"  # the type only: input values are never echoed
+    return message
 
 
 def field_path(loc: Sequence[Any]) -> str:
-    """A pydantic error location as one field path: ``("regions", 1, "box")`` → ``regions[1].box``."""
+    """A pydantic error location as one field path: ``("regions", 1, "box")`` → ``regions[1].box``.
+
+    This is the one field-path style of every error (toolkit, MCP, worker, adapters, CLI).
+    """
     path = ""
     for part in loc:
+        if isinstance(part, str) and _is_union_tag(part):
+            continue  # pydantic names the union member it tried (``str``, ``list[int]``): not a field
         path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
     return path
 
 
-def validation_error_to_input_error(exc: pydantic.ValidationError) -> InputError:
+def _is_union_tag(part: str) -> bool:
+    return part in ("str", "int", "float", "bool", "bytes", "none") or "[" in part or "-" in part
+
+
+def validation_error_to_input_error(exc: pydantic.ValidationError, model: type[BaseModel] | None = None) -> InputError:
     """Turn a pydantic ``ValidationError`` into one :class:`~gar_tools.errors.InputError`.
 
     ``field`` is the first error's location (e.g. ``regions[1].box``; None when the error is about the whole
-    request) and ``reason`` its message, followed by the other errors as ``; field: message``. Input values are
-    never echoed (they may be large base64 strings).
+    request) and ``reason`` its message, followed by the other errors as ``; field: message``. An unknown field's
+    message lists the allowed ones (and the closest spelling) when ``model``, the validated model, is given; a
+    wrong type's message says which type was given. Input values are never echoed (they may be large base64
+    strings).
     """
+    model = model or _request_model(exc.title)
     errors = [
-        (field_path(error.get("loc", ())), _error_message(error))
-        for error in exc.errors(include_url=False, include_input=False)
+        (field_path(error.get("loc", ())), _error_message(error, model))
+        for error in exc.errors(include_url=False, include_context=True)
     ]
     if not errors:
         return InputError(f"invalid {exc.title or 'request'}")

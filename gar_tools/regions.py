@@ -334,6 +334,14 @@ def _decode_box(box: object, size: tuple[int, int], field: str, rid: str) -> np.
         raise _region_error(field, rid, "box coordinates must be finite numbers (no NaN or infinity)")
     if x2 <= x1 or y2 <= y1:
         raise _region_error(field, rid, f"box {[x1, y1, x2, y2]} needs x2 > x1 and y2 > y1 ([x1, y1, x2, y2], pixels)")
+    if (width > 2 or height > 2) and all(0.0 <= v <= 1.0 for v in (x1, y1, x2, y2)):
+        raise _region_error(
+            field,
+            rid,
+            f"box {[x1, y1, x2, y2]} looks like normalised coordinates (all four in [0, 1]), but boxes are in "
+            f"pixels of the {width}x{height} image: multiply x by {width} and y by {height}, e.g. "
+            f"{[round(x1 * width), round(y1 * height), round(x2 * width), round(y2 * height)]}",
+        )
     c0, c1 = max(math.floor(x1), 0), min(math.ceil(x2), width)
     r0, r1 = max(math.floor(y1), 0), min(math.ceil(y2), height)
     if c1 <= c0 or r1 <= r0:
@@ -370,6 +378,8 @@ def decode_region(
         ``polygon``: list of flat ``[x0, y0, x1, y1, ...]`` polygons in pixels (COCO style), unioned.
         ``box``: ``[x1, y1, x2, y2]`` pixels; fills columns ``floor(x1)..ceil(x2)-1`` and rows
         ``floor(y1)..ceil(y2)-1``, clipped to the image. A box is an approximation: GAR was trained on masks.
+        On an image larger than 2×2, a box whose four values all lie in [0, 1] is refused as normalised
+        coordinates (an error that says boxes are in pixels).
 
     Raises:
         RegionError: naming ``field`` (and sub-field) and the region's id, when the region is malformed,

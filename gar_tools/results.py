@@ -70,6 +70,14 @@ class ToolResult(BaseModel):
 
     text: str = Field(description="The model's answer or description.")
     regions: list[RegionInfo] = Field(description="The regions as understood, in the order given.")
+    image_size: list[int] = Field(
+        min_length=2,
+        max_length=2,
+        description=(
+            "[width, height] of the image in pixels as the model saw it (EXIF rotation applied): the frame every "
+            "region coordinate refers to, so a caller can check its boxes and polygons against it."
+        ),
+    )
     model: str = Field(description="The model that answered: a hub id, a local path, or 'tiny'.")
     tiny_model: bool = Field(description=f"True for the 'tiny' test checkpoint. {TINY_MODEL_NOTE}")
     timings: Timings = Field(description="Time spent per stage and number of generated tokens.")

@@ -3,6 +3,7 @@
 >>> toolkit = GarToolkit("tiny")  # random weights: the text is meaningless; use a real checkpoint for answers
 >>> result = toolkit.describe_region(image="photo.jpg", region={"box": [10, 20, 200, 240]})
 >>> result.text, result.regions[0].box
+>>> toolkit.close()  # or: with GarToolkit(...) as toolkit: ... / async with GarToolkit(...) as toolkit: ...
 
 Each tool (see :mod:`gar_tools.tools`) is a method of the same name (``toolkit.describe_region(...)``) and an
 async one with an ``a`` prefix (``await toolkit.adescribe_region(...)``); :meth:`GarToolkit.run` and
@@ -24,7 +25,7 @@ from typing import Any, TypeVar
 import pydantic
 
 from gar_tools.engine import Engine, Progress, make_engine
-from gar_tools.errors import InputError
+from gar_tools.errors import GarToolsError, InputError
 from gar_tools.images import ImagePolicy
 from gar_tools.inputs import ToolRequest, validation_error_to_input_error
 from gar_tools.results import ModelInfo, ToolResult
@@ -86,16 +87,31 @@ class GarToolkit:
             make_engine("local", model=engine, policy=policy, **engine_kwargs) if isinstance(engine, str) else engine
         )
         self._sync = _LoopThread()
+        self._closed = False
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise GarToolsError(
+                "this GarToolkit is closed (after close(), aclose() or the end of its with block); "
+                "create a new one, or make the calls inside the with block"
+            )
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` or :meth:`aclose` has been called (calls then raise :class:`GarToolsError`)."""
+        return self._closed
 
     # --- by name -------------------------------------------------------------------------------------------------
     async def arun(
         self, tool: ToolName, request: Any = None, progress: Progress | None = None, **kwargs: Any
     ) -> ToolResult:
         """Run ``tool`` by name (the generic entry point used by adapters and servers)."""
+        self._check_open()
         return await self.engine.run(tool, coerce_request(tool, request, **kwargs), progress)
 
     def run(self, tool: ToolName, request: Any = None, **kwargs: Any) -> ToolResult:
         """Synchronous :meth:`arun`; safe to call from code that is itself inside an event loop."""
+        self._check_open()
         return self._sync.run(self.arun(tool, request, **kwargs))
 
     async def astream(self, tool: ToolName, request: Any = None, **kwargs: Any) -> AsyncIterator[str | ToolResult]:
@@ -147,21 +163,44 @@ class GarToolkit:
 
     # --- model ---------------------------------------------------------------------------------------------------
     async def ainfo(self) -> ModelInfo:
+        self._check_open()
         return await self.engine.info()
 
     def info(self) -> ModelInfo:
+        self._check_open()
         return self._sync.run(self.ainfo())
 
     # --- lifecycle -----------------------------------------------------------------------------------------------
     async def aclose(self) -> None:
-        await self.engine.aclose()
+        """Release the engine (model thread, connections); later calls raise :class:`GarToolsError`. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self.engine.aclose()
+        finally:
+            self._sync.close()
 
     def close(self) -> None:
-        self._sync.run(self.engine.aclose())
-        self._sync.close()
+        """Synchronous :meth:`aclose`."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._sync.run(self.engine.aclose())
+        finally:
+            self._sync.close()
 
     def __enter__(self) -> GarToolkit:
+        self._check_open()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    async def __aenter__(self) -> GarToolkit:
+        self._check_open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

@@ -4,9 +4,11 @@
   ``answer_about_regions``, …). Input schemas are exactly the fields of the tools' request models (with the
   LLM-oriented descriptions), output schemas their result models minus ``overlay_png``: results come back as
   ``structuredContent`` plus a JSON text block, and a requested overlay as an ``ImageContent`` PNG beside them.
-- Arguments are validated by the request models themselves, so every client (MCP, LangChain, LlamaIndex, the
-  worker) gets the same error messages naming the field; errors are raised, and the SDK returns them as
-  ``isError`` results, after which the server keeps serving.
+- Arguments are validated by the request models only (:func:`mcp_tool`): the SDK passes them through unvalidated,
+  so an unknown or misspelt argument is an error naming it, and missing or wrongly typed ones get the same
+  message, naming the field (``regions[1].box``), as from the toolkit, LangChain, LlamaIndex and the worker; no
+  raw pydantic or SDK text. Errors are raised, and the SDK returns them as ``isError`` results, after which the
+  server keeps serving.
 - Progress notifications (tokens generated) are sent while generating, to clients that ask for them.
 - The engine (a local model, or a client of a shared ``gar-tools worker``) lives in the server lifespan.
 - Resources ``gar://guide`` (usage guide), ``gar://examples`` (bundled example images with ready-made calls) and
@@ -22,6 +24,7 @@ import asyncio
 import inspect
 import json
 import logging
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -30,6 +33,8 @@ from typing import Annotated, Any
 import pydantic
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
+from mcp.server.mcpserver.tools import Tool
+from mcp.server.mcpserver.utilities.func_metadata import FuncMetadata
 from mcp_types import CallToolResult, ContentBlock, ImageContent, TextContent, ToolAnnotations
 from pydantic import Field, SkipValidation
 from starlette.types import ASGIApp
@@ -42,7 +47,7 @@ from gar_tools.errors import GarToolsError
 from gar_tools.images import ImagePolicy
 from gar_tools.inputs import MAX_REGIONS
 from gar_tools.results import TINY_MODEL_NOTE, ToolResult
-from gar_tools.servers.common import BearerTokenMiddleware, serve_app
+from gar_tools.servers.common import BearerTokenMiddleware, RequestLimitsMiddleware, serve_app
 from gar_tools.servers.settings import ServeSettings
 from gar_tools.toolkit import GarToolkit
 from gar_tools.tools import ToolName, ToolSpec, tools
@@ -51,9 +56,11 @@ __all__ = [
     "GarServerState",
     "create_server",
     "http_app",
+    "mcp_tool",
     "output_model",
     "run_server",
     "tool_result",
+    "worker_health",
 ]
 
 logger = logging.getLogger("gar_tools.mcp")
@@ -108,6 +115,23 @@ def _schema_only(info: pydantic.fields.FieldInfo) -> Any:
     ]
 
 
+class _RequestModelArguments(FuncMetadata):
+    """Hands a call's arguments to the tool function as they came, for the request model to validate.
+
+    The SDK would validate them against the function's signature first, drop unknown keys silently and answer
+    missing or wrongly typed ones with raw pydantic text. Here only the SDK's pre-parsing of JSON-encoded objects
+    and lists (some clients send ``"region": "{...}"``) is kept; the request model (``extra="forbid"``, strict
+    types) then names every unknown, missing or wrongly typed argument in the toolkit's own words.
+    """
+
+    def validate_arguments(self, arguments_to_validate: dict[str, Any]) -> dict[str, Any]:
+        parsed = self.pre_parse_json(arguments_to_validate)
+        return {
+            key: parsed[key] if isinstance(parsed[key], (dict, list)) else value
+            for key, value in arguments_to_validate.items()
+        }
+
+
 def tool_result(result: ToolResult) -> CallToolResult:
     """A tool result as MCP content: JSON text (+ tiny-model note) and structured content; overlay as an image."""
     content: list[ContentBlock] = [TextContent(type="text", text=result_json(result))]
@@ -122,7 +146,9 @@ def _tool_function(spec: ToolSpec) -> Callable[..., Awaitable[CallToolResult]]:
     """The async function registered for a tool, with a signature built from its request model's fields."""
     tool: ToolName = spec.name
 
-    async def run_tool(ctx: Context, **arguments: Any) -> CallToolResult:
+    async def run_tool(gar_mcp_context: Context, **arguments: Any) -> CallToolResult:
+        # The context's name is one no request model uses: the SDK passes it beside the caller's arguments.
+        ctx = gar_mcp_context
         state: GarServerState = ctx.request_context.lifespan_context
 
         text_so_far = ""
@@ -149,12 +175,30 @@ def _tool_function(spec: ToolSpec) -> Callable[..., Awaitable[CallToolResult]]:
         )
         for name, info in spec.request_model.model_fields.items()
     ]
-    parameters.append(inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context))
+    parameters.append(inspect.Parameter("gar_mcp_context", inspect.Parameter.KEYWORD_ONLY, annotation=Context))
     returns = Annotated[CallToolResult, output_model(spec)]
     run_tool.__name__ = run_tool.__qualname__ = tool
     run_tool.__signature__ = inspect.Signature(parameters, return_annotation=returns)  # type: ignore[attr-defined]
     run_tool.__annotations__ = {p.name: p.annotation for p in parameters} | {"return": returns}
     return run_tool
+
+
+def mcp_tool(spec: ToolSpec, policy: ImagePolicy | None = None) -> Tool:
+    """The MCP tool of ``spec``: the request model's schema, arguments validated by the request model only."""
+    tool = Tool.from_function(
+        _tool_function(spec),
+        name=spec.name,
+        title=spec.title,
+        description=tool_description(spec.name, policy, limit=4000),
+        annotations=ToolAnnotations.model_validate({"title": spec.title, **spec.annotations}),
+    )
+    metadata = _RequestModelArguments(
+        arg_model=tool.fn_metadata.arg_model,
+        output_schema=tool.fn_metadata.output_schema,
+        output_model=tool.fn_metadata.output_model,
+        wrap_output=tool.fn_metadata.wrap_output,
+    )
+    return tool.model_copy(update={"fn_metadata": metadata})
 
 
 # --- server ----------------------------------------------------------------------------------------------------------
@@ -201,6 +245,7 @@ def create_server(
 
     server: MCPServer[GarServerState] = MCPServer(
         "gar-tools",
+        tools=[mcp_tool(spec, policy) for spec in tools()],
         title="GAR region tools",
         description="Describe, compare and ask about image regions with GAR (Grasp Any Region).",
         instructions=INSTRUCTIONS,
@@ -208,14 +253,6 @@ def create_server(
         lifespan=lifespan,
         log_level="WARNING",
     )
-    for spec in tools():
-        server.add_tool(
-            _tool_function(spec),
-            name=spec.name,
-            title=spec.title,
-            description=tool_description(spec.name, policy, limit=4000),
-            annotations=ToolAnnotations.model_validate({"title": spec.title, **spec.annotations}),
-        )
     _add_resources(server, policy)
     return server
 
@@ -260,30 +297,86 @@ def _add_resources(server: MCPServer[GarServerState], policy: ImagePolicy) -> No
 
 
 def run_server(settings: ServeSettings) -> None:
-    """Run the MCP server until interrupted (``gar-tools serve``), over stdio or streamable HTTP."""
+    """Run the MCP server until interrupted (``gar-tools serve``), over stdio or streamable HTTP.
+
+    Prints one line to stderr once it serves: the URL (HTTP) or ``stdio``, the engine, the model and whether a
+    token is required.
+    """
     server = create_server(settings)
+    engine = settings.engine if settings.engine.strip().lower() != "local" else "local"
+    model = f"model {settings.model}" if engine == "local" else "model served by the worker"
     if settings.transport == "stdio":
+        print(f"gar-tools: the MCP server serves over stdio (engine {engine}, {model})", file=sys.stderr, flush=True)
         server.run("stdio")
         return
-    app = http_app(server, host=settings.host, token=settings.token, path=settings.path)
-    serve_app(app, host=settings.host, port=settings.port, token=settings.token, what="the MCP server")
+    worker = None if engine == "local" else engine
+    app = http_app(
+        server,
+        host=settings.host,
+        token=settings.token,
+        path=settings.path,
+        worker_url=worker,
+        body_timeout_s=settings.body_timeout_s,
+        chunk_timeout_s=settings.chunk_timeout_s,
+    )
+    serve_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        token=settings.token,
+        what="the MCP server",
+        path=settings.path,
+        details=f"engine {engine}, {model}",
+        header_timeout_s=settings.header_timeout_s,
+    )
+
+
+async def worker_health(url: str, timeout_s: float = 3.0) -> dict[str, Any]:
+    """Whether the worker at ``url`` answers its ``/healthz``: ``{"worker": "ok" | "unreachable", ...}``."""
+    import httpx
+
+    try:
+        async with httpx.AsyncClient(timeout=timeout_s) as client:
+            response = await client.get(f"{url.rstrip('/')}/healthz")
+    except httpx.HTTPError as exc:
+        return {"worker": "unreachable", "worker_url": url, "error": f"{type(exc).__name__}: {exc}"[:300]}
+    if response.status_code != 200:
+        return {"worker": "unreachable", "worker_url": url, "error": f"HTTP {response.status_code}"}
+    return {"worker": "ok", "worker_url": url}
 
 
 def http_app(
-    server: MCPServer[GarServerState], *, host: str = "127.0.0.1", token: str | None = None, path: str = "/mcp"
+    server: MCPServer[GarServerState],
+    *,
+    host: str = "127.0.0.1",
+    token: str | None = None,
+    path: str = "/mcp",
+    worker_url: str | None = None,
+    body_timeout_s: float | None = 30.0,
+    chunk_timeout_s: float | None = 10.0,
 ) -> ASGIApp:
     """The streamable-HTTP ASGI app of ``server`` at ``path``, with ``GET /healthz``; bearer token if given.
 
-    With a token, every request but ``/healthz`` needs ``Authorization: Bearer <token>`` (401 otherwise).
+    With a token, every request but ``/healthz`` needs ``Authorization: Bearer <token>`` (401 otherwise). With
+    ``worker_url`` (a front-end of a ``gar-tools worker``), ``/healthz`` also reports whether the worker answers:
+    ``503`` with ``"worker": "unreachable"`` when it does not. Request bodies must arrive within the body timeouts
+    (408 otherwise); the SDK checks ``Host``, ``Origin``, content type and body size.
     """
     from starlette.requests import Request
     from starlette.responses import JSONResponse
 
     @server.custom_route("/healthz", methods=["GET"])
     async def healthz(request: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok"})
+        if worker_url is None:
+            return JSONResponse({"status": "ok", "engine": "local"})
+        worker = await worker_health(worker_url)
+        healthy = worker["worker"] == "ok"
+        return JSONResponse(
+            {"status": "ok" if healthy else "degraded", "engine": "http", **worker}, status_code=200 if healthy else 503
+        )
 
     app: ASGIApp = server.streamable_http_app(streamable_http_path=path, host=host)
+    app = RequestLimitsMiddleware(app, body_timeout_s=body_timeout_s, chunk_timeout_s=chunk_timeout_s)
     if token:
         app = BearerTokenMiddleware(app, token, open_paths={"/healthz"})
     return app

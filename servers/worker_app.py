@@ -12,10 +12,12 @@ Endpoints (JSON in and out, the same pydantic models as the Python API), one pai
     GET  /healthz                     {"status": "ok", ...}  (no token needed)
 
 Errors are ``{"error": {"type", "message", "field", "reason"}}`` with status 422 for input the caller can fix
-(``InputError``, ``ImageError``, ``RegionError``), 400 for a body that is not JSON, 404 for an unknown tool, 503
-with ``Retry-After`` when the engine's queue is full (``EngineBusyError``), 500 for model or engine failures, and
-401 without the bearer token when one is configured. The model is loaded once, at startup (``/healthz`` answers
-once it is ready); concurrent requests are batched by the engine's decode loop.
+(``InputError``, ``ImageError``, ``RegionError``), 400 for a body that is not a JSON object (or is nested too
+deeply), 404 for an unknown tool or route, 405 for a wrong method, 408 for a body that arrives too slowly, 413 for
+one over the size limit, 415 for one that is not ``application/json``, 421/403 for a ``Host``/``Origin`` not
+allowed, 503 with ``Retry-After`` when the engine's queue is full (``EngineBusyError``), 500 for model or engine
+failures, and 401 without the bearer token when one is configured. The model is loaded once, at startup
+(``/healthz`` answers once it is ready); concurrent requests are batched by the engine's decode loop.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -38,8 +41,16 @@ from gar_tools.engine import Engine, make_engine
 from gar_tools.engine.http import error_payload
 from gar_tools.errors import CheckpointError, EngineBusyError, EngineError, GarToolsError, InputError
 from gar_tools.inputs import ToolRequest
-from gar_tools.servers.common import BearerTokenMiddleware, serve_app
-from gar_tools.servers.settings import WorkerSettings
+from gar_tools.servers.common import (
+    LOOPBACK_HOSTS,
+    LOOPBACK_ORIGINS,
+    BearerTokenMiddleware,
+    HostOriginMiddleware,
+    RequestLimitsMiddleware,
+    is_loopback,
+    serve_app,
+)
+from gar_tools.servers.settings import WorkerSettings, default_max_body_bytes
 from gar_tools.toolkit import coerce_request
 from gar_tools.tools import ToolName, get_tool
 
@@ -82,12 +93,17 @@ async def _parse(request: Request) -> tuple[ToolName, ToolRequest] | JSONRespons
         return _error_response(exc, 404)
     try:
         payload = json.loads(await request.body())
-    except ValueError:
-        return _error_response(InputError("the request body is not valid JSON", field="body"), 400)
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than the parser goes
+        why = "is nested too deeply" if isinstance(exc, RecursionError) else "is not valid JSON"
+        return _error_response(InputError(f"the request body {why}", field="body"), 400)
+    if not isinstance(payload, dict):
+        return _error_response(InputError("the request body must be a JSON object", field="body"), 400)
     try:
         return tool, coerce_request(tool, payload)
     except InputError as exc:
         return _error_response(exc)
+    except RecursionError:
+        return _error_response(InputError("the request is nested too deeply", field="body"), 400)
 
 
 async def _run_tool(request: Request) -> Response:
@@ -156,6 +172,24 @@ async def _healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok", "model": info.model, "loaded": info.loaded, "tiny_model": info.tiny_model})
 
 
+_HTTP_ERROR_TYPES = {404: "NotFound", 405: "MethodNotAllowed"}
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors (unknown route, wrong method) in the worker's JSON error format."""
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    error_type = _HTTP_ERROR_TYPES.get(status, "HTTPError")
+    message = f"{request.method} {request.url.path}: {exc.detail if isinstance(exc, HTTPException) else exc}"
+    if status == 404:
+        message += "; the worker serves POST /v1/{tool}[/stream], GET /v1/model and GET /healthz"
+    body = {"error": {"type": error_type, "message": message, "field": None, "reason": None}}
+    return JSONResponse(body, status_code=status, headers=getattr(exc, "headers", None))
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    return _error_response(_internal_error(exc))
+
+
 def create_worker_app(
     settings: WorkerSettings | None = None, *, engine_factory: Callable[[], Engine] | None = None
 ) -> ASGIApp:
@@ -167,7 +201,12 @@ def create_worker_app(
         engine_factory: builds the engine when the app starts instead of a local engine of ``settings.model``
             (e.g. over an already loaded pipeline, in tests).
 
-    With a token, every endpoint but ``/healthz`` requires ``Authorization: Bearer <token>``.
+    With a token, every endpoint but ``/healthz`` requires ``Authorization: Bearer <token>``. Every request is
+    checked first (this is where the hardening lives, for every server that runs this app, Ray Serve included):
+    ``Host`` and ``Origin`` against the allow-lists (421/403), then the token (401), then the body: ``POST``
+    bodies must be ``application/json`` (415), at most ``settings.max_body_bytes`` (413) and arrive within the
+    body timeouts (408). Every error, malformed or too deeply nested JSON and unexpected failures included, is
+    answered in the JSON error format.
     """
     settings = settings or WorkerSettings()
 
@@ -192,13 +231,35 @@ def create_worker_app(
         Route("/v1/{tool}", _run_tool, methods=["POST"]),
         Route("/v1/{tool}/stream", _stream_tool, methods=["POST"]),
     ]
-    app: ASGIApp = Starlette(routes=routes, lifespan=lifespan)
+    app: ASGIApp = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: _http_error, Exception: _server_error},
+    )
+    app = RequestLimitsMiddleware(
+        app,
+        max_body_bytes=settings.max_body_bytes or default_max_body_bytes(settings.policy),
+        body_timeout_s=settings.body_timeout_s,
+        chunk_timeout_s=settings.chunk_timeout_s,
+        require_json=True,
+    )
     if settings.token:
         app = BearerTokenMiddleware(app, settings.token, open_paths={"/healthz"})
-    return app
+    hosts = settings.allowed_hosts
+    if hosts is None and is_loopback(settings.host):
+        hosts = LOOPBACK_HOSTS
+    return HostOriginMiddleware(app, allowed_hosts=hosts, allowed_origins=settings.allowed_origins or LOOPBACK_ORIGINS)
 
 
 def run_worker(settings: WorkerSettings) -> None:
-    """Run the worker until interrupted (``gar-tools worker``)."""
+    """Run the worker until interrupted (``gar-tools worker``); prints one line with its URL once it listens."""
     app = create_worker_app(settings)
-    serve_app(app, host=settings.host, port=settings.port, token=settings.token, what="the worker")
+    serve_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        token=settings.token,
+        what="the worker",
+        details=f"engine local, model {settings.model}",
+        header_timeout_s=settings.header_timeout_s,
+    )

@@ -67,3 +67,31 @@ def cli_server(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=15)
+
+
+@contextmanager
+def thread_server(app, *, header_timeout_s: float | None = None) -> Iterator[str]:
+    """Run ASGI ``app`` with uvicorn in a thread on a free loopback port (with the servers' request-head timeout,
+    when given) until the block ends; yields its base URL."""
+    import threading
+
+    import uvicorn
+
+    from gar_tools.servers.common import header_timeout_protocol
+
+    port = free_port()
+    protocol = header_timeout_protocol(header_timeout_s) if header_timeout_s else "h11"
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", http=protocol, lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + START_DEADLINE_S
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)  # polling interval: server.started is what ends the loop
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)

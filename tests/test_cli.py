@@ -60,3 +60,57 @@ def test_demo_writes_overlays(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     for tool in ("describe_region", "compare_regions", "answer_about_regions"):
         assert f"{tool}:" in out
         assert Image.open(tmp_path / f"{tool}.png").format == "PNG"
+
+
+def test_ids_pair_with_regions_in_command_line_order(capsys: pytest.CaptureFixture[str]) -> None:
+    mask0, mask2 = str(ASSETS / "demo_mask_3_0.png"), str(ASSETS / "demo_mask_3_2.png")
+    box = "100,240,140,275"
+    # --id values given before, between and after the regions they name; regions mix --mask and --box
+    args = ["ask", IMAGE3, "Is <a> near <b> and <c>?", "--id", "a", "--box", box, "--mask", mask0, "--id", "b"]
+    assert main([*args, "--mask", mask2, "--id", "c", "--max-new-tokens", "1", "--json"]) == 0
+    regions = json.loads(capsys.readouterr().out)["regions"]
+    assert [r["id"] for r in regions] == ["a", "b", "c"]
+    assert regions[0]["box"] == [100, 240, 140, 275]  # a is the box, given first
+    assert regions[1]["area"] != regions[2]["area"]
+    args = ["compare", IMAGE3, "--mask", mask2, "--box", box, "--id", "racket", "--id", "ball"]
+    assert main([*args, "--max-new-tokens", "1", "--json"]) == 0
+    regions = json.loads(capsys.readouterr().out)["regions"]
+    assert [r["id"] for r in regions] == ["racket", "ball"] and regions[1]["box"] == [100, 240, 140, 275]
+
+
+def test_unwritable_overlay_is_refused_before_the_model_runs(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gar_tools.cli as cli
+
+    def no_model(args):  # the check must come first: building the toolkit means the path was not checked
+        raise AssertionError("the model was loaded before the overlay path was checked")
+
+    monkeypatch.setattr(cli, "_toolkit", no_model)
+    for target, fragment in (
+        (tmp_path / "missing" / "x.png", "does not exist"),
+        (tmp_path, "is a folder"),
+    ):
+        assert main(["describe", IMAGE1, "--box", "1,2,30,40", "--overlay", str(target)]) == 2
+        err = capsys.readouterr().err
+        assert "--overlay" in err and fragment in err and "Traceback" not in err
+
+
+def test_server_options_are_checked(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    for command in ("serve", "worker"):
+        assert main([command, "--allow-dir", str(tmp_path / "nope")]) == 2
+        assert "--allow-dir" in (err := capsys.readouterr().err) and "does not exist" in err
+        assert main([command, "--allow-private-urls"]) == 2
+        assert "needs --allow-urls" in capsys.readouterr().err
+    assert main(["describe", IMAGE1, "--box", "1,2,30,40", "--allow-private-urls"]) == 2
+    assert "needs --allow-urls" in capsys.readouterr().err
+    assert main(["worker", "--max-body-mb", "0"]) == 2
+    assert "--max-body-mb" in capsys.readouterr().err
+
+
+def test_python_dash_m_gar_tools_runs_the_cli() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "gar_tools", "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "gar-tools" in out.stdout and "serve" in out.stdout

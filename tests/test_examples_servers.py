@@ -13,8 +13,10 @@ pytest.importorskip("langchain_core")
 pytest.importorskip("llama_index.core")
 
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 from server_helpers import REPO
 
@@ -41,9 +43,19 @@ def run_example(name: str, *args: str) -> str:
 def test_desktop_config_snippet_is_a_valid_serve_command():
     servers = json.loads(CONFIG.read_text())["mcpServers"]
     (entry,) = servers.values()
-    assert entry["command"] == "gar-tools"
+    # a desktop app starts outside the venv: the command is the venv's gar-tools by absolute path
+    assert Path(entry["command"]).is_absolute() and entry["command"].endswith("/bin/gar-tools")
     args = build_parser().parse_args(entry["args"])
-    assert args.command == "serve" and args.transport == "stdio" and args.allow_dir
+    assert args.command == "serve" and args.transport == "stdio"
+    assert args.allow_dir and all(folder.is_absolute() for folder in args.allow_dir)
+
+
+def test_readme_desktop_config_is_the_example_file():
+    readme = (REPO / "README.md").read_text()
+    blocks = [json.loads(block) for block in re.findall(r"```json\n(.*?)```", readme, flags=re.S)]
+    configs = [block for block in blocks if "mcpServers" in block]
+    assert configs == [json.loads(CONFIG.read_text())]
+    assert "absolute path" in readme and "-m gar_tools" in readme
 
 
 def test_mcp_client_example_with_the_desktop_config():

@@ -175,6 +175,43 @@ def test_extra_fields_forbidden(model: type[pydantic.BaseModel], payload: dict) 
         model.model_validate(payload)
 
 
+@pytest.mark.parametrize(
+    ("payload", "field", "got"),
+    [
+        ({"max_new_tokens": "2"}, "max_new_tokens", "got a string"),
+        ({"max_new_tokens": True}, "max_new_tokens", "got a boolean"),
+        ({"max_new_tokens": 2.0}, "max_new_tokens", "got a number"),
+        ({"overlay": "yes"}, "overlay", "got a string"),
+        ({"overlay": 1}, "overlay", "got an integer"),
+        ({"region": {"box": [True, 0, 4, 4]}}, "region.box[0]", "got a boolean"),
+        ({"region": {"box": [0, "1", 4, 4]}}, "region.box[1]", "got a string"),
+        ({"region": {"polygon": [[0, 0, 4, False, 4, 4]]}}, "region.polygon[0][3]", "got a boolean"),
+        ({"region": {"rle": {"size": [2, "3"], "counts": [6]}}}, "region.rle.size[1]", "got a string"),
+        ({"region": {"rle": {"size": [2, 3], "counts": 6}}}, "region.rle.counts", "got an integer"),
+    ],
+)
+def test_no_silent_coercion(payload: dict, field: str, got: str) -> None:
+    from gar_tools.toolkit import coerce_request
+
+    with pytest.raises(InputError) as info:
+        coerce_request("describe_region", {"image": "i", "region": BOX, **payload})
+    assert info.value.field == field and got in info.value.reason
+
+
+def test_unknown_argument_is_named_with_the_closest_spelling() -> None:
+    from gar_tools.toolkit import coerce_request
+
+    with pytest.raises(InputError) as info:
+        coerce_request("describe_region", {"image": "i", "region": BOX, "max_new_token": 2})
+    assert info.value.field == "max_new_token"
+    assert "did you mean 'max_new_tokens'?" in info.value.reason
+    with pytest.raises(InputError) as info:
+        coerce_request("describe_region", {"IMAGE": "i", "region": {**BOX, "bx": 1}})
+    assert str(info.value).startswith("image: required field is missing")
+    assert "IMAGE: unknown argument; did you mean 'image'?" in str(info.value)
+    assert "region.bx: unknown field; did you mean 'box'?" in str(info.value)
+
+
 def test_json_round_trip() -> None:
     payload = {
         "image": "data:image/png;base64,AAAA",
@@ -226,7 +263,7 @@ def test_validation_error_to_input_error_lists_every_error() -> None:
     assert error.reason.startswith("give exactly one of mask, rle, polygon or box per region (got mask and box)")
     assert text.startswith("regions[0]: give exactly one of mask, rle, polygon or box per region (got mask and box)")
     assert "; question: String should have at least 1 character" in text
-    assert "; bogus: Extra inputs are not permitted" in text
+    assert "; bogus: unknown argument; allowed: image, max_new_tokens, overlay, regions, question, choices" in text
     assert "Value error," not in text
 
 
@@ -245,6 +282,7 @@ def _result_fields() -> dict:
     return {
         "text": "A dog.",
         "regions": [RegionInfo(id="r0", prompt="<Prompt0>", box=[1, 2, 3, 4], area=4)],
+        "image_size": [64, 48],
         "model": "tiny",
         "tiny_model": True,
         "timings": Timings(load_ms=1.0, encode_ms=2.0, generate_ms=3.0, tokens_generated=5),

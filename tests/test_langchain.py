@@ -125,3 +125,25 @@ async def test_async_invoke(tools, anyio_backend):
 def test_errors_are_raised_as_tool_exceptions(tools):
     with pytest.raises(ToolException, match=r"region\.box"):
         tools["describe_region"]._run(image=IMAGE1, region={"box": [5000, 0, 6000, 9]})
+
+
+def test_from_model_allows_no_local_paths_by_default(tiny_pipeline, tmp_path):
+    import base64
+
+    default = GarLangChainToolkit.from_model("tiny")
+    policy = default.toolkit.engine.policy
+    assert policy.allowed_dirs == () and not policy.allow_urls
+    assert "no local paths" in default.get_tools()[0].description
+    tool = {t.name: t for t in default.get_tools()}["describe_region"]
+    with pytest.raises(ToolException) as caught:  # refused before any model is loaded
+        tool._run(image=IMAGE1, region={"box": [0, 0, 9, 9]})
+    assert "outside the allowed folders" in str(caught.value) and "allowed_dirs=" in str(caught.value)
+    # data: URIs still work under that policy
+    with GarToolkit(LocalEngine(pipeline=tiny_pipeline, policy=policy)) as toolkit:
+        data = "data:image/png;base64," + base64.b64encode(open(IMAGE1, "rb").read()).decode()
+        result = toolkit.describe_region(image=data, region={"box": [0, 0, 9, 9]}, max_new_tokens=1)
+        assert result.image_size == [1024, 770]
+    default.toolkit.close()
+    assert GarLangChainToolkit.from_model("tiny", allowed_dirs=[tmp_path]).toolkit.engine.policy.allowed_dirs == (
+        tmp_path,
+    )

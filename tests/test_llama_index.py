@@ -105,3 +105,12 @@ async def test_function_agent_with_a_mock_function_calling_llm(tools):
     assert [call.tool_name for call in calls] == ["describe_region"]
     output = calls[0].tool_output
     assert not output.is_error and output.raw_output.regions[0].id == "slipper"
+
+
+def test_from_model_allows_no_local_paths_by_default(tmp_path):
+    spec = GarToolSpec.from_model("tiny")
+    assert spec.toolkit.engine.policy.allowed_dirs == ()
+    output = spec.to_tool_list()[0].call(image=str(ASSETS / "demo_image_1.png"), region={"box": [0, 0, 9, 9]})
+    assert output.is_error and "allowed_dirs=" in output.content
+    spec.toolkit.close()
+    assert GarToolSpec.from_model("tiny", allowed_dirs=[tmp_path]).toolkit.engine.policy.allowed_dirs == (tmp_path,)

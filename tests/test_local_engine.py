@@ -155,7 +155,8 @@ def test_worker_answers_503_with_retry_after_when_busy(tiny_pipeline) -> None:
             assert time.monotonic() < deadline, f"{key} never became {value}"
             time.sleep(0.01)
 
-    with TestClient(create_worker_app(engine_factory=lambda: engine)) as client, ThreadPoolExecutor(2) as pool:
+    app = create_worker_app(engine_factory=lambda: engine)
+    with TestClient(app, base_url="http://127.0.0.1") as client, ThreadPoolExecutor(2) as pool:
         first = pool.submit(client.post, "/v1/describe_region", json=long)
         until("running", 1)  # the first request holds the only slot
         second = pool.submit(client.post, "/v1/describe_region", json=long)

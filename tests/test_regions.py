@@ -313,6 +313,15 @@ def test_bad_boxes(box: list[float], message: str) -> None:
     assert message in str(error)
 
 
+def test_normalised_box_is_refused_with_pixels_hint() -> None:
+    error = _second_region_error(Region(box=[0.1, 0.1, 0.9, 0.9]))
+    assert error.field == "regions[1].box"
+    assert "normalised coordinates" in str(error) and "pixels of the 32x24 image" in str(error)
+    assert "[3, 2, 29, 22]" in str(error)  # the box in pixels, as a hint
+    # a 2x2 image (or smaller) has no other way to name its pixels
+    assert decode_region(Region(box=[0, 0, 1, 1]), (2, 2), index=0, policy=POLICY, field="region").area == 1
+
+
 def test_non_finite_box_and_polygon() -> None:
     error = _second_region_error(Region.model_construct(id=None, box=[0, 0, float("nan"), 3]))
     assert "finite" in str(error)
@@ -406,7 +415,7 @@ def test_empty_polygon_list_via_construct() -> None:
 
 
 def test_too_many_regions() -> None:
-    regions = [Region(box=[i, 0, i + 1, 1]) for i in range(MAX_REGIONS + 1)]
+    regions = [Region(box=[i, 0, i + 2, 2]) for i in range(MAX_REGIONS + 1)]
     error = _decode_many_error(regions)
     assert error.field == "regions"
     assert "GAR has 5 prompt slots" in str(error)
@@ -416,7 +425,7 @@ def test_too_many_regions() -> None:
 
 
 def test_custom_count_limits() -> None:
-    regions = [Region(box=[0, 0, 1, 1])]
+    regions = [Region(box=[0, 0, 2, 2])]
     error = _decode_many_error(regions, min_count=2)
     assert error.field == "regions"
     assert "at least 2 regions required; 1 given" in str(error)
@@ -427,11 +436,11 @@ def test_custom_count_limits() -> None:
 
 
 def test_duplicate_ids() -> None:
-    error = _second_region_error(Region(id="r0", box=[0, 0, 1, 1]))
+    error = _second_region_error(Region(id="r0", box=[0, 0, 2, 2]))
     assert error.field == "regions[1].id"
     assert "already used by regions[0]" in str(error)
     # an explicit id clashing with a later default id
-    error = _decode_many_error([Region(id="r1", box=[0, 0, 1, 1]), Region(box=[0, 0, 1, 1])])
+    error = _decode_many_error([Region(id="r1", box=[0, 0, 2, 2]), Region(box=[0, 0, 2, 2])])
     assert error.field == "regions[1].id"
     assert "region id 'r1'" in str(error)
 

@@ -117,7 +117,8 @@ def test_worker_routes_it(fourth_tool, engine) -> None:
 
     from gar_tools.servers.worker_app import create_worker_app
 
-    with TestClient(create_worker_app(engine_factory=lambda: engine)) as client:
+    # a loopback base URL: the worker refuses other Host names (TestClient's default is "testserver")
+    with TestClient(create_worker_app(engine_factory=lambda: engine), base_url="http://127.0.0.1") as client:
         ok = client.post("/v1/name_region", json={"image": IMAGE, "region": {"mask": MASK}, "max_new_tokens": 2})
         assert ok.status_code == 200 and "words" in ok.json()
         bad = client.post("/v1/name_region", json={"image": IMAGE, "region": {"box": [0, 0, 0, 0]}})

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from gar_tools.engine.local import LocalEngine, build_job
-from gar_tools.errors import InputError, RegionError
+from gar_tools.errors import GarToolsError, InputError, RegionError
 from gar_tools.images import ImagePolicy
 from gar_tools.inputs import AnswerAboutRegionsRequest, CompareRegionsRequest
 from gar_tools.regions import mask_box
@@ -80,6 +80,7 @@ def test_describe_result_fields(toolkit) -> None:
     assert region.id == "r0" and region.prompt == "<Prompt1>"  # upstream's single-region slot
     assert region.box == list(mask_box(mask)) and region.area == int(mask.sum())
     assert result.text and result.overlay_png is None
+    assert result.image_size == list(Image.open(ASSETS / "demo_image_1.png").size)
     assert result.timings.encode_ms > 0 and result.timings.generate_ms > 0 and result.timings.tokens_generated == 3
 
 
@@ -177,6 +178,31 @@ def test_sync_api_works_inside_a_running_loop(toolkit) -> None:
         return toolkit.describe_region(image=IMAGE3, region={"mask": MASKS3[1]}, max_new_tokens=1)
 
     assert asyncio.run(call_sync()).regions[0].area == 563
+
+
+def test_lifecycle_with_async_with_and_closed_toolkit(tiny_pipeline) -> None:
+    request = {"image": IMAGE3, "region": {"mask": MASKS3[1]}, "max_new_tokens": 1}
+
+    async def main() -> GarToolkit:
+        async with GarToolkit(LocalEngine(pipeline=tiny_pipeline)) as kit:
+            assert (await kit.adescribe_region(request)).regions[0].area == 563
+        return kit
+
+    closed = asyncio.run(main())
+    assert closed.closed
+    with GarToolkit(LocalEngine(pipeline=tiny_pipeline)) as kit:
+        kit.describe_region(request)
+    for toolkit in (closed, kit):
+        with pytest.raises(GarToolsError, match="closed"):
+            toolkit.describe_region(request)
+        with pytest.raises(GarToolsError, match="closed"):
+            asyncio.run(toolkit.adescribe_region(request))
+        with pytest.raises(GarToolsError, match="closed"):
+            toolkit.info()
+        with pytest.raises(GarToolsError, match="closed"), toolkit:
+            pass
+        toolkit.close()  # idempotent
+        asyncio.run(toolkit.aclose())
 
 
 def test_example_script_runs() -> None:

@@ -64,6 +64,8 @@ def worker(tmp_path_factory):
     args = ["worker", "--port", str(port), "--token-env", "GAR_TEST_WORKER_TOKEN", "--device", "cpu", "--dtype", "fp32"]
     ready = f"http://127.0.0.1:{port}/healthz"
     with run_cli_server(args, ready_url=ready, log=log, env={"GAR_TEST_WORKER_TOKEN": TOKEN}):
+        banner = f"the worker listening on http://127.0.0.1:{port} (engine local, model tiny, token required: yes)"
+        assert banner in log.read_text()
         yield f"http://127.0.0.1:{port}"
 
 
@@ -109,7 +111,10 @@ def test_errors_have_type_message_and_field(worker):
     invalid = post("/v1/compare_regions", json={"image": IMAGE1, "regions": [{"box": [0, 0, 9, 9]}]})
     assert invalid.status_code == 422 and invalid.json()["error"]["field"] == "regions"
     assert post("/v1/no_such_tool", json={}).status_code == 404
-    assert post("/v1/describe_region", content=b"{not json").status_code == 400
+    not_json = httpx.post(
+        f"{worker}/v1/describe_region", content=b"{not json", headers={**AUTH, "Content-Type": "application/json"}
+    )
+    assert not_json.status_code == 400 and not_json.json()["error"]["field"] == "body"
     not_allowed = post("/v1/describe_region", json={"image": "/etc/hostname", "region": {"box": [0, 0, 9, 9]}})
     assert not_allowed.status_code == 422 and not_allowed.json()["error"]["type"] == "ImageError"
 

@@ -9,6 +9,9 @@ this server lets the caller pass as images.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from pathlib import Path
+
 from gar_tools.images import ImagePolicy
 from gar_tools.inputs import MAX_REGIONS
 from gar_tools.results import TINY_MODEL_NOTE, ToolResult
@@ -16,6 +19,7 @@ from gar_tools.tools import ToolName, get_tool, tools
 
 __all__ = [
     "MAX_DESCRIPTION_CHARS",
+    "adapter_policy",
     "result_json",
     "result_text",
     "tool_description",
@@ -26,11 +30,24 @@ MAX_DESCRIPTION_CHARS = 1024
 _TINY_SENTENCE = f"If tiny_model is true: {TINY_MODEL_NOTE}"
 
 
+def adapter_policy(allowed_dirs: Iterable[str | Path] = (), policy: ImagePolicy | None = None) -> ImagePolicy:
+    """The image policy of an adapter built with ``from_model``: ``policy`` if given, else local paths only under
+    ``allowed_dirs`` (none by default), no URLs. An LLM chooses the paths, so nothing is readable unless allowed."""
+    if policy is not None:
+        return policy
+    if isinstance(allowed_dirs, (str, Path)):
+        allowed_dirs = [allowed_dirs]
+    return ImagePolicy(allowed_dirs=tuple(Path(d) for d in allowed_dirs))
+
+
 def _sources_sentence(policy: ImagePolicy | None) -> str:
     if policy is None:
         return " Images and masks: a local file path, a data: URI, or base64."
     if policy.allowed_dirs is None:
         where = "a local file path"
+    elif not policy.allowed_dirs:
+        urls = "http(s) URLs too" if policy.allow_urls else "no URLs"
+        return f" Images and masks: a data: URI or base64 (no local paths); {urls}."
     else:
         dirs = ", ".join(str(d) for d in policy.allowed_dirs) or "none"
         where = f"a local file path under {dirs}"
@@ -89,6 +106,10 @@ Give each region in exactly one format:
 - `{{"polygon": [[x0, y0, x1, y1, x2, y2, ...]]}}`: one or more polygons in pixels.
 - `{{"box": [x1, y1, x2, y2]}}`: a filled rectangle; an approximation, since GAR was trained on masks.
 
+Coordinates are pixels, never fractions of the image: a box whose four values all lie in [0, 1] is refused.
+Arguments are checked strictly: numbers must be JSON numbers and `overlay` a JSON boolean (not strings), and an
+unknown or misspelt argument is an error naming it.
+
 Add `"id": "dog"` to name a region; ids default to r0, r1, ... At most {MAX_REGIONS} regions per call (GAR has
 {MAX_REGIONS} region slots): split larger sets over several calls.
 
@@ -97,8 +118,9 @@ In answer_about_regions, refer to regions as `<id>` (e.g. `What is <r0> holding?
 For multiple choice, give the options in `choices`; the result's `choice` holds the letter.
 
 ## Results
-`text` is the answer; `regions` lists each region's id, box and area as understood; `timings` and `model` say how
-it ran. With `overlay: true` you also get a PNG of the image with the regions outlined and labelled.
+`text` is the answer; `regions` lists each region's id, box and area as understood; `image_size` is the image's
+`[width, height]` in pixels (the frame of every coordinate); `timings` and `model` say how it ran. With
+`overlay: true` you also get a PNG of the image with the regions outlined and labelled.
 {_TINY_SENTENCE}
 
 ## Examples

@@ -14,14 +14,15 @@ into a ``ToolMessage`` with ``status="error"`` so the LLM can correct its call.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForToolRun, CallbackManagerForToolRun
 from langchain_core.tools import BaseTool, BaseToolkit, ToolException
 from pydantic import ConfigDict, Field, ValidationError
 
-from gar_tools.adapters.common import result_text, tool_description
+from gar_tools.adapters.common import adapter_policy, result_text, tool_description
 from gar_tools.errors import GarToolsError
 from gar_tools.images import ImagePolicy
 from gar_tools.inputs import validation_error_to_input_error
@@ -84,10 +85,20 @@ class GarLangChainToolkit(BaseToolkit):
 
     @classmethod
     def from_model(
-        cls, model: str = "tiny", *, policy: ImagePolicy | None = None, **engine_kwargs: Any
+        cls,
+        model: str = "tiny",
+        *,
+        allowed_dirs: Iterable[str | Path] = (),
+        policy: ImagePolicy | None = None,
+        **engine_kwargs: Any,
     ) -> GarLangChainToolkit:
-        """A toolkit over a local engine of ``model`` (``"tiny"``: random weights, meaningless text)."""
-        return cls(toolkit=GarToolkit(model, policy=policy, **engine_kwargs))
+        """A toolkit over a local engine of ``model`` (``"tiny"``: random weights, meaningless text).
+
+        The model decides which paths the tools read, so local paths are off by default: only images and masks
+        under ``allowed_dirs`` can be passed as paths (data: URIs and base64 always work; URLs are off). Give
+        ``policy`` for full control (it replaces ``allowed_dirs``).
+        """
+        return cls(toolkit=GarToolkit(model, policy=adapter_policy(allowed_dirs, policy), **engine_kwargs))
 
     def get_tools(self) -> list[BaseTool]:
         """Every registered tool (``describe_region``, ``compare_regions``, …) as a ``BaseTool``."""

@@ -14,6 +14,8 @@ so an agent can correct its call.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from llama_index.core.base.llms.types import ContentBlock, ImageBlock, TextBlock
@@ -21,7 +23,7 @@ from llama_index.core.tools import FunctionTool, ToolMetadata, ToolOutput
 from llama_index.core.tools.tool_spec.base import SPEC_FUNCTION_TYPE, BaseToolSpec
 from pydantic import BaseModel
 
-from gar_tools.adapters.common import result_text, tool_description
+from gar_tools.adapters.common import adapter_policy, result_text, tool_description
 from gar_tools.errors import GarToolsError
 from gar_tools.images import ImagePolicy
 from gar_tools.results import ToolResult
@@ -101,9 +103,21 @@ class GarToolSpec(BaseToolSpec):
         return [(name, f"a{name}") for name in tool_names()]
 
     @classmethod
-    def from_model(cls, model: str = "tiny", *, policy: ImagePolicy | None = None, **engine_kwargs: Any) -> GarToolSpec:
-        """A spec over a local engine of ``model`` (``"tiny"``: random weights, meaningless text)."""
-        return cls(GarToolkit(model, policy=policy, **engine_kwargs))
+    def from_model(
+        cls,
+        model: str = "tiny",
+        *,
+        allowed_dirs: Iterable[str | Path] = (),
+        policy: ImagePolicy | None = None,
+        **engine_kwargs: Any,
+    ) -> GarToolSpec:
+        """A spec over a local engine of ``model`` (``"tiny"``: random weights, meaningless text).
+
+        The model decides which paths the tools read, so local paths are off by default: only images and masks
+        under ``allowed_dirs`` can be passed as paths (data: URIs and base64 always work; URLs are off). Give
+        ``policy`` for full control (it replaces ``allowed_dirs``).
+        """
+        return cls(GarToolkit(model, policy=adapter_policy(allowed_dirs, policy), **engine_kwargs))
 
     def __getattr__(self, fn_name: str) -> Any:
         """The spec function ``fn_name``: the toolkit's method of the same name, with keyword arguments only."""

@@ -274,6 +274,7 @@ class LocalEngine(Engine):
                 RegionInfo(id=r.id, prompt=prompt_token(k), box=list(r.box), area=r.area)
                 for r, k in zip(job.regions, job.prompt_indices, strict=True)
             ],
+            image_size=list(job.image.size),
             model=pipeline.name,
             tiny_model=pipeline.is_tiny,
             timings=Timings(
