@@ -45,8 +45,9 @@ ToolName: TypeAlias = str
 """A registered tool's name, e.g. ``"describe_region"``."""
 
 REGION_FORMATS_SENTENCE = (
-    "A region is one of: mask (PNG the image's size, non-zero = inside; most precise), rle (COCO run-length), "
-    "polygon (pixel coordinates), or box [x1, y1, x2, y2] in pixels (filled rectangle, only an approximation)."
+    "A region is one of: mask (PNG, non-zero = inside; best), rle (COCO), polygon, scribble (painted strokes, "
+    "width), points ([[x, y], ...] clicks; the server's segmenter makes the mask), or box [x1, y1, x2, y2] (a rough "
+    "rectangle; segment: true has the segmenter cut the object out)."
 )
 
 
