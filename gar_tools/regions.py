@@ -377,9 +377,7 @@ def _decode_box(box: object, size: tuple[int, int], field: str, rid: str) -> np.
     return mask
 
 
-def _decode_scribble(
-    polylines: object, width: object, size: tuple[int, int], field: str, rid: str
-) -> np.ndarray:
+def _decode_scribble(polylines: object, width: object, size: tuple[int, int], field: str, rid: str) -> np.ndarray:
     image_width, image_height = size
     if not isinstance(polylines, (list, tuple)) or not polylines:
         raise _region_error(field, rid, "scribble must be a non-empty list of strokes, each [x0, y0, x1, y1, ...]")

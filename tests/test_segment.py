@@ -15,7 +15,7 @@ from gar_tools.engine.local import LocalEngine
 from gar_tools.errors import CheckpointError, InputError, RegionError
 from gar_tools.images import ImagePolicy
 from gar_tools.inputs import MAX_POINTS, DescribeRegionRequest, Region
-from gar_tools.regions import decode_region, decode_regions
+from gar_tools.regions import decode_region
 from gar_tools.segment.cache import ImageValueCache, image_digest
 from gar_tools.segment.prompts import SegmentPrompt
 from gar_tools.segment.scribble import rasterize_scribble
@@ -72,8 +72,8 @@ def test_points_become_the_mask_gar_sees_and_the_result_reports(engine, tiny_seg
     result = toolkit.describe_region(image=_data_uri(small_image), region=region, max_new_tokens=2, overlay=True)
     info = result.regions[0]
     expected = tiny_segmenter.segment(
-        small_image, SegmentPrompt(id="thing", field="region.points", kind="points", points=((20, 30), (40, 10)),
-                                   labels=(1, 0))
+        small_image,
+        SegmentPrompt(id="thing", field="region.points", kind="points", points=((20, 30), (40, 10)), labels=(1, 0)),
     )
     reported = _rle_mask(info.mask_rle)
     assert info.source == "sam:points" and info.score == pytest.approx(expected.score)
@@ -112,7 +112,9 @@ def test_embedding_computed_once_per_image_across_regions_and_calls(engine, tiny
     # The same pixels from another source (a file) hit the cache; other pixels do not.
     path = tmp_path / "same.png"
     small_image.save(path)
-    local = LocalEngine(pipeline=engine.pipeline, segmenter=tiny_segmenter, policy=ImagePolicy(allowed_dirs=(tmp_path,)))
+    local = LocalEngine(
+        pipeline=engine.pipeline, segmenter=tiny_segmenter, policy=ImagePolicy(allowed_dirs=(tmp_path,))
+    )
     try:
         GarToolkit(local).describe_region(image=str(path), region={"points": [[5, 5]]}, max_new_tokens=1)
         assert tiny_segmenter.embed_calls == before + 1
@@ -288,7 +290,10 @@ def test_tiny_sam_is_deterministic_and_loads_like_a_real_checkpoint(tmp_path, ti
     from gar_tools.segment.tiny import build_tiny_sam, tiny_sam_path
 
     build_tiny_sam(tmp_path / "again")
-    built, cached = load_file(tmp_path / "again" / "model.safetensors"), load_file(tiny_sam_path() / "model.safetensors")
+    built, cached = (
+        load_file(tmp_path / "again" / "model.safetensors"),
+        load_file(tiny_sam_path() / "model.safetensors"),
+    )
     assert built.keys() == cached.keys() and all((built[k] == cached[k]).all() for k in built)
     assert isinstance(tiny_segmenter.model, SamModel) and tiny_segmenter.is_tiny
     assert (tiny_sam_path() / "model.safetensors").stat().st_size < 2 * 2**20
@@ -321,8 +326,26 @@ def test_cli_builds_the_new_region_forms() -> None:
     from gar_tools.cli import build_parser
 
     args = build_parser().parse_args(
-        ["compare", "img.png", "--point", "1,2", "--neg-point", "3,4", "--next-region", "--point", "5,6",
-         "--box", "0,0,9,9", "--segment", "--scribble", "1,1,5,5;7,7", "--width", "3", "--segmenter", "tiny-sam"]
+        [
+            "compare",
+            "img.png",
+            "--point",
+            "1,2",
+            "--neg-point",
+            "3,4",
+            "--next-region",
+            "--point",
+            "5,6",
+            "--box",
+            "0,0,9,9",
+            "--segment",
+            "--scribble",
+            "1,1,5,5;7,7",
+            "--width",
+            "3",
+            "--segmenter",
+            "tiny-sam",
+        ]
     )
     assert args.regions == [
         {"points": [[1.0, 2.0], [3.0, 4.0]], "labels": [1, 0]},

@@ -28,8 +28,8 @@ from gar_tools.model.modeling import Geometry
 from gar_tools.model.pipeline import GarPipeline, Generation, load
 from gar_tools.model.prompts import SINGLE_REGION_PROMPT_INDEX, prompt_token
 from gar_tools.regions import DecodedRegion, decode_regions, draw_overlay, encode_png_base64, mask_rle
-from gar_tools.segment.prompts import SegmentPrompt
 from gar_tools.results import ModelInfo, RegionInfo, Timings, ToolResult
+from gar_tools.segment.prompts import SegmentPrompt
 from gar_tools.tools import ToolName, ToolSpec, get_tool
 
 if TYPE_CHECKING:
@@ -166,9 +166,7 @@ class LocalEngine(Engine):
                 if self._segmenter is None:
                     from gar_tools.segment.loading import load_segmenter
 
-                    self._segmenter = load_segmenter(
-                        self.segmenter_name, device=pipeline.device, dtype=pipeline.dtype
-                    )
+                    self._segmenter = load_segmenter(self.segmenter_name, device=pipeline.device, dtype=pipeline.dtype)
         return self._segmenter
 
     async def start(self) -> None:

@@ -65,8 +65,7 @@ def no_segmenter_error(field: str, rid: str, kind: str) -> RegionError:
         else "or leave segment out to use the box as a filled rectangle"
     )
     return RegionError(
-        f"{what} only with a segmenter, and this server has none: {SEGMENTER_HINT}; {alternative} "
-        f"(region id {rid!r})",
+        f"{what} only with a segmenter, and this server has none: {SEGMENTER_HINT}; {alternative} (region id {rid!r})",
         field=field,
     )
 

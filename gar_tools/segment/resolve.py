@@ -49,7 +49,11 @@ def resolve_regions(
                 field=prompt.field,
             )
         out[index] = DecodedRegion(
-            id=prompt.id, mask=result.mask, box=mask_box(result.mask), area=area, source=prompt.source,
+            id=prompt.id,
+            mask=result.mask,
+            box=mask_box(result.mask),
+            area=area,
+            source=prompt.source,
             score=result.score,
         )
     return out  # type: ignore[return-value]
