@@ -8,6 +8,7 @@ import io
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
@@ -126,12 +127,13 @@ def test_embedding_computed_once_per_image_across_regions_and_calls(engine, tiny
 
 
 def test_empty_mask_from_the_segmenter_names_the_field(engine, tiny_segmenter, small_image, monkeypatch):
-    import torch
+    real = tiny_segmenter._candidates
 
-    def empty(image, embeddings, prompt):
-        return torch.zeros((3, 48, 64), dtype=torch.bool), torch.tensor([0.1, 0.9, 0.2])
+    def nothing(image, embeddings, group):
+        logits, scores, inputs = real(image, embeddings, group)
+        return torch.full_like(logits, -10.0), scores, inputs
 
-    monkeypatch.setattr(tiny_segmenter, "_candidates", empty)
+    monkeypatch.setattr(tiny_segmenter, "_candidates", nothing)
     with pytest.raises(RegionError) as info:
         GarToolkit(engine).compare_regions(
             image=_data_uri(small_image), regions=[{"box": [0, 0, 9, 9]}, {"points": [[3, 3]]}], max_new_tokens=1
@@ -139,15 +141,36 @@ def test_empty_mask_from_the_segmenter_names_the_field(engine, tiny_segmenter, s
     assert info.value.field == "regions[1].points" and "empty mask" in info.value.reason
 
 
-def test_best_predicted_iou_wins(tiny_segmenter, small_image, monkeypatch):
-    import torch
+def test_best_predicted_iou_wins_per_prompt(tiny_segmenter, small_image, monkeypatch):
+    real = tiny_segmenter._candidates
 
-    masks = torch.zeros((3, 48, 64), dtype=torch.bool)
-    masks[1, :4, :4] = True
-    monkeypatch.setattr(tiny_segmenter, "_candidates", lambda *a: (masks, torch.tensor([0.2, 0.7, 0.5])))
-    prompt = SegmentPrompt(id="r0", field="region.points", kind="points", points=((1, 1),), labels=(1,))
-    result = tiny_segmenter.segment(small_image, prompt)
-    assert result.score == pytest.approx(0.7) and result.mask.sum() == 16 and result.candidates == 3
+    def rigged(image, embeddings, group):
+        logits, scores, inputs = real(image, embeddings, group)
+        logits = torch.full_like(logits, -10.0)
+        logits[0, 1] = 10.0  # prompt 0: candidate 1 is the whole image
+        logits[1, 2, :2, :2] = 10.0  # prompt 1: candidate 2 is a corner
+        return logits, torch.tensor([[0.2, 0.7, 0.5], [0.1, 0.3, 0.9]]), inputs
+
+    monkeypatch.setattr(tiny_segmenter, "_candidates", rigged)
+    prompts = [
+        SegmentPrompt(id=f"r{i}", field="regions", kind="points", points=((i + 1, 1),), labels=(1,)) for i in range(2)
+    ]
+    first, second = tiny_segmenter.segment_all(small_image, prompts)
+    assert first.score == pytest.approx(0.7) and first.mask.all() and first.candidates == 3
+    assert second.score == pytest.approx(0.9) and 0 < second.mask.sum() < second.mask.size and second.mask[0, 0]
+
+
+def test_grouped_prompts_match_one_at_a_time(tiny_segmenter, small_image):
+    prompts = [
+        SegmentPrompt(id="a", field="f", kind="points", points=((5, 5),), labels=(1,)),
+        SegmentPrompt(id="b", field="f", kind="box", box=(2, 2, 30, 30)),
+        SegmentPrompt(id="c", field="f", kind="points", points=((40, 20),), labels=(1,)),
+        SegmentPrompt(id="d", field="f", kind="points", points=((40, 20), (3, 3)), labels=(1, 0)),
+    ]
+    together = tiny_segmenter.segment_all(small_image, prompts)
+    for prompt, result in zip(prompts, together, strict=True):
+        alone = tiny_segmenter.segment(small_image, prompt)
+        assert np.array_equal(alone.mask, result.mask) and alone.score == pytest.approx(result.score, abs=1e-5)
 
 
 # --- errors naming the field ----------------------------------------------------------------------------------------

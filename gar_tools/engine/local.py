@@ -223,12 +223,12 @@ class LocalEngine(Engine):
             png = await asyncio.to_thread(draw_overlay, job.image, job.regions)
             overlay = encode_png_base64(png)
         pipeline = self.pipeline
+        regions = await asyncio.to_thread(  # RLE-encoding large masks is not free: off the event loop
+            lambda: [_region_info(r, k) for r, k in zip(job.regions, job.prompt_indices, strict=True)]  # type: ignore[arg-type]
+        )
         return job.spec.result_model(
             text=generation.text,
-            regions=[
-                _region_info(r, k)  # type: ignore[arg-type]
-                for r, k in zip(job.regions, job.prompt_indices, strict=True)
-            ],
+            regions=regions,
             model=pipeline.name,
             tiny_model=pipeline.is_tiny,
             timings=Timings(

@@ -100,18 +100,19 @@ class Segmenter:
         return embeddings
 
     # --- prompts -------------------------------------------------------------------------------------------------
-    def _prompt_inputs(self, image: Image.Image, prompt: SegmentPrompt) -> Any:
-        if prompt.kind == "points":
-            return self._encode(
+    def _candidates(
+        self, image: Image.Image, embeddings: Any, group: Sequence[SegmentPrompt]
+    ) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """For prompts of one kind and point count: low-resolution candidate mask logits ``[P, K, h, w]``, their
+        predicted IoUs ``[P, K]`` (float32, CPU) and the processor's output (sizes for post-processing)."""
+        if group[0].kind == "points":
+            inputs = self._encode(
                 image,
-                input_points=[[[list(p) for p in prompt.points]]],
-                input_labels=[[list(prompt.labels)]],
+                input_points=[[[list(p) for p in prompt.points] for prompt in group]],
+                input_labels=[[list(prompt.labels) for prompt in group]],
             )
-        return self._encode(image, input_boxes=[[list(prompt.box or ())]])
-
-    def _candidates(self, image: Image.Image, embeddings: Any, prompt: SegmentPrompt) -> tuple[torch.Tensor, Any]:
-        """Candidate masks ``[K, H, W]`` (bool, the image's size) and their predicted IoUs ``[K]``."""
-        inputs = self._prompt_inputs(image, prompt)
+        else:
+            inputs = self._encode(image, input_boxes=[[list(prompt.box or ()) for prompt in group]])
         kwargs: dict[str, Any] = {}
         for name in ("input_points", "input_labels", "input_boxes"):
             if name in inputs and inputs[name] is not None:
@@ -119,31 +120,39 @@ class Segmenter:
                 kwargs[name] = value.to(self.dtype) if value.is_floating_point() else value
         with torch.no_grad():
             out = self.model(image_embeddings=embeddings, multimask_output=True, **kwargs)
-        post = [out.pred_masks.float().cpu(), inputs["original_sizes"]]
+        return out.pred_masks.float().cpu()[0], out.iou_scores.float().cpu()[0], inputs
+
+    def _full_size(self, logits: torch.Tensor, inputs: Any) -> torch.Tensor:
+        """Masks ``[P, H, W]`` (bool, the image's size) from low-resolution logits ``[P, h, w]``."""
+        post = [logits[None, :, None], inputs["original_sizes"]]
         if "reshaped_input_sizes" in inputs:  # SAM / SAM-HQ pad to a square after resizing the longest side
             post.append(inputs["reshaped_input_sizes"])
-        masks = self.processor.post_process_masks(*post, binarize=True)[0]  # [point_batch, K, H, W]
-        scores = out.iou_scores.float().cpu()[0]  # [point_batch, K]
-        return masks[0].bool(), scores[0]
+        return self.processor.post_process_masks(*post, binarize=True)[0][:, 0].bool()
 
     def segment_all(self, image: Image.Image, prompts: Sequence[SegmentPrompt]) -> list[Segmentation]:
-        """One mask per prompt, all on ``image``: the image is embedded once (or found in the cache)."""
+        """One mask per prompt, all on ``image``: the image is embedded once (or found in the cache), and prompts of
+        the same kind and point count go through the processor and the mask decoder together. Of each prompt's
+        candidate masks the one with the highest predicted IoU is kept (and only it is scaled to full size)."""
         if not prompts:
             return []
+        groups: dict[tuple[str, int], list[int]] = {}
+        for index, prompt in enumerate(prompts):
+            groups.setdefault((prompt.kind, len(prompt.points)), []).append(index)
+        out: list[Segmentation | None] = [None] * len(prompts)
         with self._lock:
             embeddings = self.image_embeddings(image)
-            out = []
-            for prompt in prompts:
-                masks, scores = self._candidates(image, embeddings, prompt)
-                best = int(torch.argmax(scores))
-                out.append(
-                    Segmentation(
-                        mask=masks[best].numpy().astype(bool, copy=False),
-                        score=float(scores[best]),
-                        candidates=int(masks.shape[0]),
+            for indices in groups.values():
+                logits, scores, inputs = self._candidates(image, embeddings, [prompts[i] for i in indices])
+                best = torch.argmax(scores, dim=-1)
+                chosen = logits[torch.arange(len(indices)), best]
+                masks = self._full_size(chosen, inputs)
+                for row, index in enumerate(indices):
+                    out[index] = Segmentation(
+                        mask=masks[row].numpy().astype(bool, copy=False),
+                        score=float(scores[row, best[row]]),
+                        candidates=int(scores.shape[-1]),
                     )
-                )
-            return out
+        return [segmentation for segmentation in out if segmentation is not None]
 
     def segment(self, image: Image.Image, prompt: SegmentPrompt) -> Segmentation:
         """:meth:`segment_all` for one prompt."""
