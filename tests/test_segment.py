@@ -379,3 +379,41 @@ def test_cli_builds_the_new_region_forms() -> None:
     assert args.segmenter == "tiny-sam"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["describe", "img.png", "--mask", "m.png", "--width", "3"])
+
+
+def test_sam2_family_loads_and_segments_through_the_same_code(tmp_path, small_image) -> None:
+    """A random 128-pixel SAM 2 (Hiera backbone, no resize-longest-side padding) through the same loader and code."""
+    from transformers import Sam2Config, Sam2ImageProcessor, Sam2Model, Sam2Processor
+
+    from gar_tools.segment import load_segmenter
+
+    backbone = {
+        "model_type": "sam2_hiera_det_model",
+        "image_size": [128, 128],
+        "hidden_size": 16,
+        "blocks_per_stage": [1, 1, 1, 1],
+        "embed_dim_per_stage": [16, 32, 64, 128],
+        "num_attention_heads_per_stage": [1, 1, 1, 1],
+        "window_positional_embedding_background_size": [2, 2],
+    }
+    config = Sam2Config(
+        vision_config={
+            "backbone_config": backbone,
+            "backbone_channel_list": [128, 64, 32, 16],
+            "backbone_feature_sizes": [[32, 32], [16, 16], [8, 8]],
+            "fpn_hidden_size": 32,
+        },
+        prompt_encoder_config={"hidden_size": 32, "image_size": 128},
+        mask_decoder_config={"hidden_size": 32, "mlp_dim": 64, "num_attention_heads": 2, "iou_head_hidden_dim": 32},
+    )
+    torch.manual_seed(0)
+    Sam2Model(config).save_pretrained(tmp_path)
+    Sam2Processor(image_processor=Sam2ImageProcessor(size={"height": 128, "width": 128})).save_pretrained(tmp_path)
+    segmenter = load_segmenter(tmp_path)
+    prompts = [
+        SegmentPrompt(id="a", field="f", kind="points", points=((20, 30), (3, 3)), labels=(1, 0)),
+        SegmentPrompt(id="b", field="f", kind="box", box=(2, 2, 40, 30)),
+    ]
+    results = segmenter.segment_all(small_image, prompts)
+    assert type(segmenter.model).__name__ == "Sam2Model" and segmenter.embed_calls == 1
+    assert all(r.mask.shape == (48, 64) and r.candidates == 3 for r in results)
