@@ -46,8 +46,8 @@ ToolName: TypeAlias = str
 
 REGION_FORMATS_SENTENCE = (
     "A region is one of: mask (PNG, non-zero = inside; best), rle (COCO), polygon, scribble (painted strokes, "
-    "width), points ([[x, y], ...] clicks; the server's segmenter makes the mask), or box [x1, y1, x2, y2] (a rough "
-    "rectangle; segment: true has the segmenter cut the object out)."
+    "width), points ([[x, y], ...] clicks; the server's segmenter makes the mask), or box [x1, y1, x2, y2] (a "
+    "rectangle, only an approximation; segment: true has the segmenter cut the object out)."
 )
 
 
