@@ -51,7 +51,9 @@ SCRIBBLE_WIDTH_DEFAULT = 5.0
 """Stroke width in pixels of a ``scribble`` region when ``width`` is not given."""
 
 MAX_SCRIBBLE_LINES = 32
-MAX_SCRIBBLE_NUMBERS = 4000  # per polyline: 2000 points
+"""Most strokes in one ``scribble`` region."""
+MAX_SCRIBBLE_NUMBERS = 4000
+"""Most coordinates in one stroke (2000 points)."""
 
 MAX_NEW_TOKENS_DEFAULT = 1024
 MAX_NEW_TOKENS_LIMIT = 4096
@@ -171,7 +173,7 @@ class Region(BaseModel):
             "Default: all 1."
         ),
     )
-    scribble: list[list[_FiniteFloat]] | None = Field(
+    scribble: list[Annotated[list[_FiniteFloat], Field(min_length=2, max_length=MAX_SCRIBBLE_NUMBERS)]] | None = Field(
         default=None,
         min_length=1,
         max_length=MAX_SCRIBBLE_LINES,
