@@ -1,6 +1,7 @@
 """``gar-tools``: run the GAR tools from the command line, and serve them.
 
-    gar-tools describe IMAGE (--mask PNG | --box X1,Y1,X2,Y2) [--model tiny|PATH|HUB_ID]
+    gar-tools describe IMAGE (--mask PNG | --box X1,Y1,X2,Y2 [--segment] | --point X,Y ... | --scribble X0,Y0,...)
+                         [--model tiny|PATH|HUB_ID] [--segmenter tiny-sam|PATH|HUB_ID]
     gar-tools compare IMAGE --mask A.png --mask B.png [--focus TEXT]
     gar-tools ask IMAGE "What is <r0> holding?" --mask A.png [--choice TEXT ...]
     gar-tools demo [--out DIR]
@@ -8,7 +9,9 @@
     gar-tools serve ... / gar-tools worker ...   (see --help of each)
 
 One subcommand per registered tool (:mod:`gar_tools.tools`), built from its request model. Regions are given with
-``--mask`` and ``--box`` (repeatable) and named with ``--id`` in the same order. With the tiny model (random
+``--mask``, ``--box`` (``--segment`` after it: cut out by the segmenter), ``--point`` / ``--neg-point`` (consecutive
+ones form one points region; ``--next-region`` starts another) and ``--scribble`` (``--width`` after it), all
+repeatable, and named with ``--id`` in the same order. With the tiny model (random
 weights) a one-line notice says its text is meaningless. The CLI only parses arguments and translates: the tools
 run through :class:`~gar_tools.toolkit.GarToolkit`, the servers through the functions of ``gar_tools.servers``.
 Nothing heavy (torch, the MCP SDK) is imported until a command needs it.
@@ -49,6 +52,73 @@ def _box(text: str) -> list[float]:
     return values
 
 
+def _point(text: str) -> list[float]:
+    parts = text.replace(" ", "").split(",")
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a point X,Y in pixels") from None
+    if len(values) != 2:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected two numbers X,Y, got {len(values)}")
+    return values
+
+
+def _scribble(text: str) -> list[list[float]]:
+    lines = []
+    for part in text.split(";"):
+        try:
+            values = [float(p) for p in part.replace(" ", "").split(",") if p != ""]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--scribble {text!r}: expected X0,Y0,X1,Y1,... in pixels") from None
+        if not values or len(values) % 2:
+            raise argparse.ArgumentTypeError(
+                f"--scribble {text!r}: each stroke is X0,Y0,X1,Y1,... (pairs of numbers); separate strokes with ;"
+            )
+        lines.append(values)
+    return lines
+
+
+class _PointAction(argparse.Action):
+    """Adds a point (label 1, or 0 for ``--neg-point``) to the open points region, or opens one."""
+
+    def __init__(self, *args: Any, label: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.label = label
+
+    def __call__(self, parser: Any, namespace: argparse.Namespace, value: Any, option: str | None = None) -> None:
+        regions = list(getattr(namespace, "regions", None) or [])
+        if regions and "points" in regions[-1] and getattr(namespace, "points_open", False):
+            last = regions[-1]
+            regions[-1] = {**last, "points": [*last["points"], value], "labels": [*last["labels"], self.label]}
+        else:
+            regions.append({"points": [value], "labels": [self.label]})
+        namespace.regions = regions
+        namespace.points_open = True
+
+
+class _NextRegionAction(argparse.Action):
+    """Closes the open points region: the next ``--point`` starts a new one."""
+
+    def __call__(self, parser: Any, namespace: argparse.Namespace, value: Any, option: str | None = None) -> None:
+        namespace.points_open = False
+
+
+class _ModifierAction(argparse.Action):
+    """Sets ``key`` on the region just given, which must be a ``needs`` region (``--segment`` after ``--box``,
+    ``--width`` after ``--scribble``)."""
+
+    def __init__(self, *args: Any, key: str, needs: str, constant: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.key, self.needs, self.constant = key, needs, constant
+
+    def __call__(self, parser: Any, namespace: argparse.Namespace, value: Any, option: str | None = None) -> None:
+        regions = list(getattr(namespace, "regions", None) or [])
+        if not regions or self.needs not in regions[-1]:
+            raise argparse.ArgumentError(self, f"must follow a --{self.needs} (it applies to the region just given)")
+        regions[-1] = {**regions[-1], self.key: self.constant if self.nargs == 0 else value}
+        namespace.regions = regions
+
+
 class _RegionAction(argparse.Action):
     """Appends ``{format: value}`` to ``namespace.regions``, so regions keep their command-line order."""
 
@@ -58,6 +128,7 @@ class _RegionAction(argparse.Action):
 
     def __call__(self, parser: Any, namespace: argparse.Namespace, value: Any, option: str | None = None) -> None:
         namespace.regions = [*(getattr(namespace, "regions", None) or []), {self.region_format: value}]
+        namespace.points_open = False
 
 
 def _first_sentence(text: str | None) -> str:
@@ -96,8 +167,22 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_segmenter_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--segmenter",
+        default=None,
+        metavar="HUB_ID|PATH|tiny-sam",
+        help="a SAM-family checkpoint that turns --point regions and --box ... --segment into masks, e.g. "
+        "facebook/sam-vit-base, facebook/sam2.1-hiera-tiny, Zigeng/SlimSAM-uniform-77, a folder, or tiny-sam "
+        "(random weights, for testing); loaded beside the model on its device and dtype (default: none)",
+    )
+
+
 def _engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    return {"dtype": args.dtype, "device": args.device, "geometry": args.geometry}
+    kwargs = {"dtype": args.dtype, "device": args.device, "geometry": args.geometry}
+    if getattr(args, "segmenter", None) is not None:
+        kwargs["segmenter"] = args.segmenter
+    return kwargs
 
 
 def _add_region_options(parser: argparse.ArgumentParser, spec: ToolSpec) -> None:
@@ -117,6 +202,55 @@ def _add_region_options(parser: argparse.ArgumentParser, spec: ToolSpec) -> None
         type=_box,
         metavar="X1,Y1,X2,Y2",
         help="region as a filled box in pixels (an approximation: GAR was trained on masks)",
+    )
+    parser.add_argument(
+        "--segment",
+        action=_ModifierAction,
+        nargs=0,
+        key="segment",
+        needs="box",
+        constant=True,
+        help="after --box: have the segmenter (--segmenter) cut the object out of the box instead of the rectangle",
+    )
+    parser.add_argument(
+        "--point",
+        action=_PointAction,
+        label=1,
+        type=_point,
+        metavar="X,Y",
+        help="a click on the object in pixels; consecutive --point/--neg-point form one region, which the segmenter "
+        "(--segmenter) turns into a mask",
+    )
+    parser.add_argument(
+        "--neg-point",
+        action=_PointAction,
+        label=0,
+        type=_point,
+        metavar="X,Y",
+        help="a point NOT on the object (label 0), in the same points region",
+    )
+    parser.add_argument(
+        "--next-region",
+        action=_NextRegionAction,
+        nargs=0,
+        help="end the current points region: the next --point starts a new region",
+    )
+    parser.add_argument(
+        "--scribble",
+        action=_RegionAction,
+        region_format="scribble",
+        type=_scribble,
+        metavar="X0,Y0,X1,Y1,...",
+        help="a region painted as strokes in pixels (several strokes: separate with ;); no segmenter needed",
+    )
+    parser.add_argument(
+        "--width",
+        action=_ModifierAction,
+        key="width",
+        needs="scribble",
+        type=float,
+        metavar="W",
+        help="after --scribble: stroke width in pixels (default 5)",
     )
     parser.add_argument(
         "--id", action="append", default=[], metavar="ID", help="region ids, in the order the regions are given"
@@ -202,12 +336,14 @@ def build_parser() -> argparse.ArgumentParser:
         _add_tool_fields(tool_parser, spec)
         _add_region_options(tool_parser, spec)
         _add_model_options(tool_parser)
+        _add_segmenter_option(tool_parser)
         _add_output_options(tool_parser)
         tool_parser.set_defaults(handler=_run_tool, tool=spec.name)
 
     demo = sub.add_parser("demo", help="run each tool on the bundled examples and write the overlay PNGs")
     demo.add_argument("--out", type=Path, default=Path("gar-demo-out"), help="folder for the overlays")
     _add_model_options(demo)
+    _add_segmenter_option(demo)
     demo.add_argument("--max-new-tokens", type=int, default=64)
     demo.set_defaults(handler=_demo)
 
@@ -233,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="environment variable holding the worker's bearer token (with --engine URL)",
     )
     _add_model_options(serve)
+    _add_segmenter_option(serve)
     serve.set_defaults(handler=_serve)
 
     worker = sub.add_parser(
@@ -267,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest request body in MiB (default: the image limit as base64 plus 4 MiB)",
     )
     _add_model_options(worker)
+    _add_segmenter_option(worker)
     worker.set_defaults(handler=_worker)
 
     _add_eval_parser(sub)
@@ -334,8 +472,8 @@ def _regions(args: argparse.Namespace, spec: ToolSpec) -> Any:
         return regions
     if len(regions) != 1:
         raise InputError(
-            f"{spec.cli_command or spec.name} needs exactly one region: --mask PNG or --box X1,Y1,X2,Y2 "
-            f"({len(regions)} given)",
+            f"{spec.cli_command or spec.name} needs exactly one region: --mask PNG, --box X1,Y1,X2,Y2, "
+            f"--point X,Y (repeatable) or --scribble X0,Y0,X1,Y1,... ({len(regions)} given)",
             field=spec.regions_field,
         )
     return regions[0]
@@ -471,6 +609,11 @@ def _serve(args: argparse.Namespace) -> None:
     if engine.lower() != "local" and args.model != "tiny":
         print(
             "gar-tools serve: note: --model is ignored with --engine URL (the worker serves its model)", file=sys.stderr
+        )
+    if engine.lower() != "local" and args.segmenter is not None:
+        print(
+            "gar-tools serve: note: --segmenter is ignored with --engine URL (start the worker with --segmenter)",
+            file=sys.stderr,
         )
     if args.transport == "stdio" and args.token_env is not None:
         print("gar-tools serve: note: --token-env applies to --transport http only", file=sys.stderr)

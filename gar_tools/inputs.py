@@ -12,12 +12,14 @@ from collections.abc import Sequence
 from typing import Annotated, Any
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from gar_tools.errors import InputError
 
 __all__ = [
     "MAX_REGIONS",
+    "MAX_POINTS",
+    "SCRIBBLE_WIDTH_DEFAULT",
     "REGION_ID_PATTERN",
     "REGION_FORMATS",
     "RLE",
@@ -39,8 +41,20 @@ REGION_ID = r"[A-Za-z_][A-Za-z0-9_.\-]{0,31}"
 REGION_ID_PATTERN = rf"^{REGION_ID}$"
 """Allowed region ids: a letter or ``_``, then up to 31 letters, digits, ``_``, ``.`` or ``-``."""
 
-REGION_FORMATS = ("mask", "rle", "polygon", "box")
+REGION_FORMATS = ("mask", "rle", "polygon", "box", "points", "scribble")
 """The ways a region can be given; each region uses exactly one."""
+
+MAX_POINTS = 16
+"""Most points in one ``points`` region. SAM-family segmenters were trained with a handful of clicks per object
+(SAM's interactive training used up to about a dozen); more points rarely help and only cost time."""
+
+SCRIBBLE_WIDTH_DEFAULT = 5.0
+"""Stroke width in pixels of a ``scribble`` region when ``width`` is not given."""
+
+MAX_SCRIBBLE_LINES = 32
+"""Most strokes in one ``scribble`` region."""
+MAX_SCRIBBLE_NUMBERS = 4000
+"""Most coordinates in one stroke (2000 points)."""
 
 MAX_NEW_TOKENS_DEFAULT = 1024
 MAX_NEW_TOKENS_LIMIT = 4096
@@ -92,7 +106,10 @@ class RLE(BaseModel):
 
 
 class Region(BaseModel):
-    """One region of the image, given in exactly one of four formats: mask, rle, polygon or box."""
+    """One region of the image, given in exactly one of six formats: mask, rle, polygon, box, points or scribble.
+
+    ``box`` may add ``segment: true``, ``points`` may add ``labels``, ``scribble`` may add ``width``.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -133,9 +150,91 @@ class Region(BaseModel):
         description=(
             "Bounding box [x1, y1, x2, y2] in image pixels (x2, y2 exclusive; x2 > x1, y2 > y1), filled as a "
             "rectangle. An approximation: GAR was trained on masks, so prefer mask, rle or polygon when the "
-            "outline is known."
+            "outline is known, or set segment: true to have the server's segmenter cut the object out of the box."
         ),
     )
+    segment: bool = Field(
+        default=False,
+        strict=True,
+        description=(
+            "Only with box: if true, a SAM-family segmenter (enabled on the server with --segmenter) turns the box "
+            "into the mask of the object inside it, which GAR reads far better than a rectangle. The result "
+            "reports the mask used (mask_rle) and the segmenter's score."
+        ),
+    )
+    points: list[Annotated[list[_FiniteFloat], Field(min_length=2, max_length=2)]] | None = Field(
+        default=None,
+        description=(
+            f"Clicks on the object, [[x, y], ...] in image pixels (1 to {MAX_POINTS} points); a SAM-family "
+            "segmenter (enabled on the server with --segmenter) turns them into the object's mask. The result "
+            "reports the mask used (mask_rle) and the segmenter's score."
+        ),
+    )
+    labels: list[Annotated[int, Field(strict=True, ge=0, le=1)]] | None = Field(
+        default=None,
+        description=(
+            "Only with points: one label per point, 1 = on the object, 0 = not on it (to cut a part away). "
+            "Default: all 1."
+        ),
+    )
+    scribble: list[Annotated[list[_FiniteFloat], Field(min_length=2, max_length=MAX_SCRIBBLE_NUMBERS)]] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_SCRIBBLE_LINES,
+        description=(
+            "One or more strokes painted over the object, each a flat polyline [x0, y0, x1, y1, ...] in image "
+            "pixels (a single point paints a dot); the painted pixels, width wide, are the region itself "
+            "(no segmenter involved)."
+        ),
+    )
+    width: _FiniteFloat | None = Field(
+        default=None,
+        gt=0,
+        le=4096,
+        description=f"Only with scribble: stroke width in pixels (default {SCRIBBLE_WIDTH_DEFAULT:g}).",
+    )
+
+    @field_validator("segment")
+    @classmethod
+    def _segment_needs_box(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("box") is None:
+            raise ValueError("segment: true applies to a box region only; give box [x1, y1, x2, y2] with it")
+        return value
+
+    @field_validator("points", mode="before")
+    @classmethod
+    def _point_count(cls, value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            if not value:
+                raise ValueError("points is empty; give at least one [x, y] point on the object")
+            if len(value) > MAX_POINTS:
+                raise ValueError(
+                    f"at most {MAX_POINTS} points per region; {len(value)} were given "
+                    "(a few clicks on the object are enough; use a mask for a precise outline)"
+                )
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_match_points(cls, value: list[int] | None, info: ValidationInfo) -> list[int] | None:
+        if value is None:
+            return value
+        points = info.data.get("points")
+        if points is None:
+            raise ValueError("labels apply to points only; give points [[x, y], ...] with them")
+        if len(value) != len(points):
+            raise ValueError(
+                f"labels has {len(value)} entries but points has {len(points)}; give one label (1 on the object, "
+                "0 not on it) per point, or leave labels out for all 1"
+            )
+        return value
+
+    @field_validator("width")
+    @classmethod
+    def _width_needs_scribble(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if value is not None and info.data.get("scribble") is None:
+            raise ValueError("width applies to scribble only; give scribble [[x0, y0, x1, y1, ...]] with it")
+        return value
 
     @model_validator(mode="after")
     def _exactly_one_format(self) -> Region:
@@ -144,12 +243,13 @@ class Region(BaseModel):
 
     @property
     def format(self) -> str:
-        """Which of ``mask``, ``rle``, ``polygon``, ``box`` this region uses."""
+        """Which of :data:`REGION_FORMATS` this region uses."""
         return exactly_one_format(self)
 
 
 def exactly_one_format(region: Any) -> str:
-    """The one format (``mask``, ``rle``, ``polygon`` or ``box``) ``region`` is given in.
+    """The one format of :data:`REGION_FORMATS` (``mask``, ``rle``, ``polygon``, ``box``, ``points``, ``scribble``)
+    ``region`` is given in.
 
     Raises:
         ValueError: when none or several are given.

@@ -1,10 +1,13 @@
 """Decode and validate regions into boolean masks; boxes; overlay drawing.
 
-A :class:`~gar_tools.inputs.Region` comes in one of four formats (mask image, COCO RLE, polygons,
-box). :func:`decode_regions` turns each into a boolean ``H x W`` mask the size of the image, checked
-against it, and raises :class:`~gar_tools.errors.RegionError` naming the region (index and id) and
+A :class:`~gar_tools.inputs.Region` comes in one of six formats (mask image, COCO RLE, polygons,
+box, points, scribble). :func:`decode_regions` turns each into a boolean ``H x W`` mask the size of the image,
+checked against it, and raises :class:`~gar_tools.errors.RegionError` naming the region (index and id) and
 the field when something does not fit. :func:`draw_overlay` renders the regions on the image so a
-caller can see what the model was shown.
+caller can see what the model was shown. Points and boxes with ``segment: true`` need a segmenter: with
+``segmenter=True`` they come back as :class:`~gar_tools.segment.prompts.SegmentPrompt` (checked against the image),
+for the engine to turn into masks on its model thread (:mod:`gar_tools.segment.resolve`); without, they are an error
+that says how to enable one.
 """
 
 from __future__ import annotations
@@ -23,7 +26,17 @@ from pycocotools import mask as mask_utils
 
 from gar_tools.errors import ImageError, RegionError
 from gar_tools.images import ImagePolicy, decode_image_bytes, read_source_bytes
-from gar_tools.inputs import MAX_REGIONS, REGION_ID_PATTERN, RLE, Region, exactly_one_format, too_many_regions
+from gar_tools.inputs import (
+    MAX_REGIONS,
+    REGION_ID_PATTERN,
+    RLE,
+    SCRIBBLE_WIDTH_DEFAULT,
+    Region,
+    exactly_one_format,
+    too_many_regions,
+)
+from gar_tools.segment.prompts import SegmentPrompt, needs_segmenter, no_segmenter_error, segment_prompt
+from gar_tools.segment.scribble import rasterize_scribble
 
 __all__ = [
     "MAX_REGIONS",
@@ -33,6 +46,7 @@ __all__ = [
     "decode_regions",
     "mask_box",
     "mask_read_error",
+    "mask_rle",
     "max_rle_chars",
     "draw_overlay",
     "encode_png_base64",
@@ -67,12 +81,22 @@ class DecodedRegion:
         box: ``(x_min, y_min, x_max + 1, y_max + 1)`` of the mask in pixels (end-exclusive), so feeding it back
             as a ``box`` region gives the same rectangle.
         area: number of pixels inside the region.
+        source: where the mask came from: ``mask``, ``rle``, ``polygon``, ``scribble``, ``box`` (the format given),
+            or ``sam:points`` / ``sam:box`` (cut out by the segmenter).
+        score: the segmenter's predicted IoU of the mask (``sam:*`` only).
     """
 
     id: str
     mask: np.ndarray
     box: tuple[int, int, int, int]
     area: int
+    source: str = "mask"
+    score: float | None = None
+
+    @property
+    def from_caller(self) -> bool:
+        """Whether the mask is exactly what the caller sent (a mask image or RLE), rather than one we drew."""
+        return self.source in ("mask", "rle")
 
 
 def _region_error(field: str, region_id: str, message: str) -> RegionError:
@@ -98,6 +122,12 @@ def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
         raise ValueError("mask is empty")
     rows = np.flatnonzero(mask.any(axis=1))
     return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def mask_rle(mask: np.ndarray) -> dict[str, object]:
+    """``mask`` as compressed COCO RLE: ``{"size": [H, W], "counts": str}`` (what pycocotools' ``encode`` writes)."""
+    encoded = mask_utils.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
+    return {"size": [int(v) for v in encoded["size"]], "counts": encoded["counts"].decode("ascii")}
 
 
 # --- formats -------------------------------------------------------------------------------------------------------
@@ -355,6 +385,38 @@ def _decode_box(box: object, size: tuple[int, int], field: str, rid: str) -> np.
     return mask
 
 
+def _decode_scribble(polylines: object, width: object, size: tuple[int, int], field: str, rid: str) -> np.ndarray:
+    image_width, image_height = size
+    if not isinstance(polylines, (list, tuple)) or not polylines:
+        raise _region_error(field, rid, "scribble must be a non-empty list of strokes, each [x0, y0, x1, y1, ...]")
+    stroke = SCRIBBLE_WIDTH_DEFAULT if width is None else width
+    if not isinstance(stroke, (int, float)) or not math.isfinite(stroke) or stroke <= 0:
+        raise _region_error(field.rsplit(".", 1)[0] + ".width", rid, "width must be a positive number of pixels")
+    lines: list[list[float]] = []
+    for k, line in enumerate(polylines):
+        where = f"{field}[{k}]"
+        if not isinstance(line, (list, tuple)) or not line:
+            raise _region_error(where, rid, "each stroke must be a flat list [x0, y0, x1, y1, ...] of numbers")
+        if len(line) % 2:
+            raise _region_error(where, rid, f"has an odd number of coordinates ({len(line)}); give x, y pairs")
+        try:
+            coords = [float(v) for v in line]
+        except (TypeError, ValueError) as exc:
+            raise _region_error(where, rid, "coordinates must be numbers") from exc
+        if not all(math.isfinite(v) for v in coords):
+            raise _region_error(where, rid, "coordinates must be finite numbers (no NaN or infinity)")
+        xs, ys = coords[0::2], coords[1::2]
+        if min(xs) < -image_width or max(xs) > 2 * image_width or min(ys) < -image_height or max(ys) > 2 * image_height:
+            raise _region_error(
+                where,
+                rid,
+                f"coordinates are far outside the {image_width}x{image_height} image; stroke coordinates are pixels "
+                "and must lie within one image size of it",
+            )
+        lines.append(coords)
+    return rasterize_scribble(lines, float(stroke), size)
+
+
 def decode_region(
     region: Region,
     image_size: tuple[int, int],
@@ -362,7 +424,8 @@ def decode_region(
     index: int,
     policy: ImagePolicy,
     field: str,
-) -> DecodedRegion:
+    segmenter: bool = False,
+) -> DecodedRegion | SegmentPrompt:
     """Decode one region to a boolean mask of the image's size and validate it.
 
     Args:
@@ -371,6 +434,8 @@ def decode_region(
         index: the region's position; its default id is ``r{index}``.
         policy: limits for reading ``mask`` images (same as for the image).
         field: the request field naming this region in errors, e.g. ``"regions[1]"`` or ``"region"``.
+        segmenter: whether a segmenter will turn points and ``segment: true`` boxes into masks. If so they are
+            checked and returned as a :class:`SegmentPrompt`; if not they are a :class:`RegionError`.
 
     Formats:
         ``mask``: an image (path / data URI / base64) exactly the image's size; non-zero (non-black) = inside.
@@ -380,6 +445,9 @@ def decode_region(
         ``floor(y1)..ceil(y2)-1``, clipped to the image. A box is an approximation: GAR was trained on masks.
         On an image larger than 2×2, a box whose four values all lie in [0, 1] is refused as normalised
         coordinates (an error that says boxes are in pixels).
+        ``box`` with ``segment: true`` and ``points`` (``[[x, y], ...]``, optional ``labels``): need a segmenter.
+        ``scribble``: strokes ``[[x0, y0, x1, y1, ...], ...]`` painted ``width`` pixels wide
+        (:func:`~gar_tools.segment.scribble.rasterize_scribble`).
 
     Raises:
         RegionError: naming ``field`` (and sub-field) and the region's id, when the region is malformed,
@@ -396,18 +464,24 @@ def decode_region(
     except ValueError as exc:
         raise _region_error(field, rid, str(exc)) from None
     sub = f"{field}.{kind}"
+    if needs_segmenter(region):
+        if not segmenter:
+            raise no_segmenter_error(f"{sub}" if kind == "points" else f"{field}.segment", rid, kind)
+        return segment_prompt(region, (width, height), field=field, rid=rid)
     if kind == "mask":
         mask = _decode_mask(region.mask, (width, height), policy, sub, rid)
     elif kind == "rle":
         mask = _decode_rle(region.rle, (width, height), sub, rid)
     elif kind == "polygon":
         mask = _decode_polygon(region.polygon, (width, height), sub, rid)
+    elif kind == "scribble":
+        mask = _decode_scribble(region.scribble, getattr(region, "width", None), (width, height), sub, rid)
     else:
         mask = _decode_box(region.box, (width, height), sub, rid)
     area = int(np.count_nonzero(mask))
     if area == 0:
         raise _region_error(sub, rid, f"region is empty: its {kind} covers no pixel of the {width}x{height} image")
-    return DecodedRegion(id=rid, mask=mask, box=mask_box(mask), area=area)
+    return DecodedRegion(id=rid, mask=mask, box=mask_box(mask), area=area, source=kind)
 
 
 def decode_regions(
@@ -419,12 +493,15 @@ def decode_regions(
     fields: Sequence[str] | None = None,
     min_count: int = 1,
     max_count: int = MAX_REGIONS,
-) -> list[DecodedRegion]:
+    segmenter: bool = False,
+) -> list[DecodedRegion | SegmentPrompt]:
     """Decode and validate a list of regions (see :func:`decode_region`), in order.
 
     Checks the count (``min_count`` to ``max_count``; GAR has 5 prompt slots, so never more than
     :data:`MAX_REGIONS`) and that ids are unique before decoding. Errors about the list name ``field``; errors
-    about region ``i`` name ``fields[i]`` (default ``field[i]``).
+    about region ``i`` name ``fields[i]`` (default ``field[i]``). With ``segmenter=True``, points and
+    ``segment: true`` boxes come back as :class:`SegmentPrompt` (see :func:`decode_region`); without, every item is a
+    :class:`DecodedRegion`.
 
     Raises:
         RegionError: for a wrong count, duplicate ids, or any region :func:`decode_region` rejects.
@@ -453,7 +530,8 @@ def decode_regions(
             )
         seen[rid] = i
     return [
-        decode_region(region, image_size, index=i, policy=policy, field=names[i]) for i, region in enumerate(regions)
+        decode_region(region, image_size, index=i, policy=policy, field=names[i], segmenter=segmenter)
+        for i, region in enumerate(regions)
     ]
 
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
+
+from gar_tools.inputs import RLE
 
 __all__ = [
     "TINY_MODEL_NOTE",
+    "RegionSource",
     "RegionInfo",
     "Timings",
     "ToolResult",
@@ -20,6 +25,10 @@ TINY_MODEL_NOTE = (
     "use a real GAR checkpoint for answers."
 )
 """The one sentence every surface (CLI, MCP, LangChain, LlamaIndex, descriptions) shows for tiny-model output."""
+
+
+RegionSource = Literal["mask", "rle", "polygon", "scribble", "box", "sam:points", "sam:box"]
+"""Where a region's mask came from: the format the caller gave, or ``sam:points`` / ``sam:box`` (the segmenter)."""
 
 
 class RegionInfo(BaseModel):
@@ -38,6 +47,24 @@ class RegionInfo(BaseModel):
         ),
     )
     area: int = Field(ge=0, description="Number of image pixels inside the region.")
+    source: RegionSource = Field(
+        default="mask",
+        description=(
+            "Where the mask GAR saw came from: mask, rle, polygon, scribble or box (drawn from what was given), or "
+            "sam:points / sam:box (cut out by the segmenter from the points or the box)."
+        ),
+    )
+    mask_rle: RLE | None = Field(
+        default=None,
+        description=(
+            "The mask GAR saw, as compressed COCO RLE ({size: [H, W], counts}), whenever it was not sent as a mask "
+            "or rle: pass it back as an rle region, decode it with pycocotools, or show it."
+        ),
+    )
+    score: float | None = Field(
+        default=None,
+        description="For sam:points and sam:box: the segmenter's predicted IoU of the mask it chose (higher is surer).",
+    )
 
 
 class Timings(BaseModel):
@@ -60,6 +87,9 @@ class Timings(BaseModel):
     )
     prefill_ms: float = Field(default=0.0, ge=0, description="Milliseconds from prefill start to the first token.")
     generate_ms: float = Field(ge=0, description="Milliseconds spent generating the text (prefill included).")
+    segment_ms: float = Field(
+        default=0.0, ge=0, description="Milliseconds the segmenter spent turning points or boxes into masks."
+    )
     tokens_generated: int = Field(ge=0, description="Number of tokens generated.")
 
 
@@ -121,6 +151,10 @@ class ModelInfo(BaseModel):
     device: str | None = Field(default=None, description="Where the model runs, e.g. 'cuda:0' or 'cpu'.")
     dtype: str | None = Field(default=None, description="The weights' dtype, e.g. 'bfloat16'.")
     max_regions: int = Field(default=5, description="Most regions per call (GAR's prompt slots).")
+    segmenter: str | None = Field(
+        default=None,
+        description="The SAM-family segmenter that turns points and segment boxes into masks, or null for none.",
+    )
     geometry: str = Field(default="checkpoint", description="RoI replay box convention.")
     max_batch_size: int | None = Field(default=None, description="Most requests decoded together.")
     max_queue: int | None = Field(default=None, description="Most requests waiting; more are refused as busy.")

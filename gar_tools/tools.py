@@ -45,8 +45,9 @@ ToolName: TypeAlias = str
 """A registered tool's name, e.g. ``"describe_region"``."""
 
 REGION_FORMATS_SENTENCE = (
-    "A region is one of: mask (PNG the image's size, non-zero = inside; most precise), rle (COCO run-length), "
-    "polygon (pixel coordinates), or box [x1, y1, x2, y2] in pixels (filled rectangle, only an approximation)."
+    "Regions: mask (PNG, non-zero = inside; best), rle (COCO), polygon, scribble (strokes, width), points "
+    "([[x, y], ...] clicks the server's segmenter turns into a mask) or box [x1, y1, x2, y2] (a rectangle, an "
+    "approximation; segment: true has the segmenter cut the object out)."
 )
 
 
@@ -176,9 +177,9 @@ register_tool(
         description=(
             "Describe one region of an image in detail with GAR (Grasp Any Region), a region-level vision-language "
             "model: what it is, its colour, material, shape, state or action, read in the context of the whole "
-            "image. Use it when you need to know about one specific object or area. Give the image and exactly one "
-            f"region. {REGION_FORMATS_SENTENCE} Returns the text and the region as understood (id, box, area). "
-            "overlay=true adds a picture of the image with the region outlined, to check it is where you meant."
+            "image: for one specific object or area. Give the image and exactly one region. "
+            f"{REGION_FORMATS_SENTENCE} Returns the text and the region as understood (id, box, area, mask used). "
+            "overlay=true adds a picture with the region outlined, to check it is where you meant."
         ),
         request_model=DescribeRegionRequest,
         result_model=DescribeRegionResult,

@@ -71,7 +71,8 @@ PROGRESS_TEXT_CHARS = 400
 INSTRUCTIONS = (
     "GAR (Grasp Any Region) tools: describe, compare and answer questions about specific regions of an image. "
     f"Each call takes one image (path, data: URI or base64) and up to {MAX_REGIONS} regions (mask, COCO RLE, "
-    "polygon or box). Read the gar://guide resource for formats and gar://examples for example images. "
+    "polygon, scribble, points or box). Read the gar://guide resource for formats and gar://examples for example "
+    "images. "
     f"If a result has tiny_model=true: {TINY_MODEL_NOTE}"
 )
 

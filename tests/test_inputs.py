@@ -53,7 +53,9 @@ def test_region_each_format(fields: dict) -> None:
 
 
 def test_region_needs_exactly_one_format() -> None:
-    with pytest.raises(pydantic.ValidationError, match=r"exactly one of mask, rle, polygon or box.*got none"):
+    with pytest.raises(
+        pydantic.ValidationError, match=r"exactly one of mask, rle, polygon, box, points or scribble.*got none"
+    ):
         Region()
     with pytest.raises(pydantic.ValidationError, match=r"got mask and box"):
         Region(mask="m.png", box=[0, 0, 1, 1])
@@ -260,8 +262,12 @@ def test_validation_error_to_input_error_lists_every_error() -> None:
     error = validation_error_to_input_error(info.value)
     text = str(error)
     assert error.field == "regions[0]"
-    assert error.reason.startswith("give exactly one of mask, rle, polygon or box per region (got mask and box)")
-    assert text.startswith("regions[0]: give exactly one of mask, rle, polygon or box per region (got mask and box)")
+    assert error.reason.startswith(
+        "give exactly one of mask, rle, polygon, box, points or scribble per region (got mask and box)"
+    )
+    assert text.startswith(
+        "regions[0]: give exactly one of mask, rle, polygon, box, points or scribble per region (got mask and box)"
+    )
     assert "; question: String should have at least 1 character" in text
     assert "; bogus: unknown argument; allowed: image, max_new_tokens, overlay, regions, question, choices" in text
     assert "Value error," not in text

@@ -452,7 +452,7 @@ def test_duplicate_ids() -> None:
 def test_none_or_several_formats(fields: dict, got: str) -> None:
     error = _second_region_error(Region.model_construct(id=None, **fields))
     assert error.field == "regions[1]"
-    assert "exactly one of mask, rle, polygon or box" in str(error)
+    assert "exactly one of mask, rle, polygon, box, points or scribble" in str(error)
     assert got in str(error)
 
 

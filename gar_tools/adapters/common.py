@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from gar_tools.images import ImagePolicy
-from gar_tools.inputs import MAX_REGIONS
+from gar_tools.inputs import MAX_POINTS, MAX_REGIONS
 from gar_tools.results import TINY_MODEL_NOTE, ToolResult
 from gar_tools.tools import ToolName, get_tool, tools
 
@@ -104,7 +104,17 @@ Give each region in exactly one format:
 - `{{"mask": "/path/or/data-uri.png"}}`: a mask image exactly the image's size; non-black pixels are inside.
 - `{{"rle": {{"size": [H, W], "counts": "..."}}}}`: COCO run-length encoding (compressed string or list of ints).
 - `{{"polygon": [[x0, y0, x1, y1, x2, y2, ...]]}}`: one or more polygons in pixels.
-- `{{"box": [x1, y1, x2, y2]}}`: a filled rectangle; an approximation, since GAR was trained on masks.
+- `{{"scribble": [[x0, y0, x1, y1, ...]], "width": 5}}`: strokes painted over the object; the painted pixels are
+  the region (width in pixels, default 5; no segmenter needed).
+- `{{"points": [[x, y], ...], "labels": [1, ...]}}`: clicks on the object (label 1; 0 marks a point NOT on it), at
+  most {MAX_POINTS}; the server's SAM-family segmenter turns them into the object's mask. Servers without a
+  segmenter refuse points (`gar-tools serve --segmenter facebook/sam-vit-base` enables one).
+- `{{"box": [x1, y1, x2, y2]}}`: a filled rectangle; an approximation, since GAR was trained on masks. Add
+  `"segment": true` to have the segmenter cut the object out of the box instead.
+
+When the mask GAR saw was not sent as a mask or rle, the result's region has `mask_rle` (compressed COCO RLE) with
+`source` (`polygon`, `scribble`, `box`, `sam:points`, `sam:box`) and, for the segmenter, its `score` (predicted IoU):
+check it, show it, or pass it back as an `rle` region.
 
 Coordinates are pixels, never fractions of the image: a box whose four values all lie in [0, 1] is refused.
 Arguments are checked strictly: numbers must be JSON numbers and `overlay` a JSON boolean (not strings), and an

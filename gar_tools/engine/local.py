@@ -12,16 +12,21 @@ A request goes through three places:
 The model is loaded on first use or by :meth:`LocalEngine.start`. Queue, batch size, KV budget and tile-cache
 size are bounded (see the constructor); a full queue raises :class:`~gar_tools.errors.EngineBusyError`.
 Cancelling a request (its task) frees its slot.
+
+With a segmenter (``LocalEngine(segmenter=...)``), points and ``segment: true`` boxes are checked while decoding and
+turned into masks by one call on the engine's auxiliary thread (which also loads the model), before the request is
+prepared for GAR (:func:`gar_tools.segment.resolve.resolve_regions`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
@@ -35,9 +40,13 @@ from gar_tools.model.modeling import TOKENS_PER_TILE, Geometry
 from gar_tools.model.pipeline import GarPipeline, load
 from gar_tools.model.prompts import SINGLE_REGION_PROMPT_INDEX, prompt_token
 from gar_tools.model.tile_cache import TileFeatureCache, image_digest
-from gar_tools.regions import DecodedRegion, decode_regions, draw_overlay, encode_png_base64
+from gar_tools.regions import DecodedRegion, decode_regions, draw_overlay, encode_png_base64, mask_rle
 from gar_tools.results import ModelInfo, RegionInfo, Timings, ToolResult
+from gar_tools.segment.prompts import SegmentPrompt
 from gar_tools.tools import ToolName, ToolSpec, get_tool
+
+if TYPE_CHECKING:
+    from gar_tools.segment.segmenter import Segmenter
 
 __all__ = ["LocalEngine", "Job", "build_job"]
 
@@ -52,14 +61,17 @@ class Job:
     spec: ToolSpec
     request: ToolRequest
     image: Image.Image
-    regions: list[DecodedRegion]
+    regions: list[DecodedRegion | SegmentPrompt]  # SegmentPrompt until the segmenter has run
     question: str | None  # None: the single-region describe prompt
     prompt_indices: list[int]
     load_ms: float = 0.0
+    segment_ms: float = 0.0
 
 
-def build_job(tool: ToolName, request: ToolRequest, policy: ImagePolicy) -> Job:
-    """Read the image and regions and build the question text; every user error is raised here, with its field."""
+def build_job(tool: ToolName, request: ToolRequest, policy: ImagePolicy, *, segmenter: bool = False) -> Job:
+    """Read the image and regions and build the question text; every user error is raised here, with its field
+    (but an empty mask from the segmenter, found when it runs). ``segmenter``: whether points and segment boxes will
+    be segmented (else they are an error saying how to enable a segmenter)."""
     start = time.perf_counter()
     spec = get_tool(tool)
     image = load_image(request.image, policy, field="image")
@@ -72,6 +84,7 @@ def build_job(tool: ToolName, request: ToolRequest, policy: ImagePolicy) -> Job:
         fields=[spec.region_field(i) for i in range(len(given))],
         min_count=spec.min_regions,
         max_count=spec.max_regions,
+        segmenter=segmenter,
     )
     question = spec.question(request, [r.id for r in regions])
     indices = [SINGLE_REGION_PROMPT_INDEX] if question is None else list(range(len(regions)))
@@ -83,6 +96,19 @@ def build_job(tool: ToolName, request: ToolRequest, policy: ImagePolicy) -> Job:
         question=question,
         prompt_indices=indices,
         load_ms=(time.perf_counter() - start) * 1000,
+    )
+
+
+def _region_info(region: DecodedRegion, prompt_index: int) -> RegionInfo:
+    """A decoded region as results report it: ``mask_rle`` whenever the mask is not exactly the caller's."""
+    return RegionInfo(
+        id=region.id,
+        prompt=prompt_token(prompt_index),
+        box=list(region.box),
+        area=region.area,
+        source=region.source,  # type: ignore[arg-type]
+        mask_rle=None if region.from_caller else mask_rle(region.mask),  # type: ignore[arg-type]
+        score=region.score,
     )
 
 
@@ -138,6 +164,9 @@ class LocalEngine(Engine):
             produce plus the largest ``max_new_tokens``.
         prefill_chunk_tokens: prompt tokens prefilled between two decode steps (None: whole prompts).
         tile_cache_bytes: bound of the per-image tile-feature cache; default 256 MiB on CPU, 2 GiB on CUDA.
+        segmenter: a SAM-family checkpoint (hub id, folder, ``"tiny-sam"``) or a loaded
+            :class:`~gar_tools.segment.segmenter.Segmenter`, to turn points and segment boxes into masks; loaded
+            beside GAR, on its device and in its dtype. None: points and segment boxes are refused.
     """
 
     def __init__(
@@ -155,6 +184,7 @@ class LocalEngine(Engine):
         max_seq_len: int | None = None,
         prefill_chunk_tokens: int | None = 2048,
         tile_cache_bytes: int | None = None,
+        segmenter: str | Segmenter | None = None,
     ) -> None:
         from gar_tools.inputs import MAX_NEW_TOKENS_LIMIT
 
@@ -170,11 +200,15 @@ class LocalEngine(Engine):
             "max_new_tokens_limit": MAX_NEW_TOKENS_LIMIT,
         }
         self.policy = policy or ImagePolicy()
+        self._segmenter: Segmenter | None = None if segmenter is None or isinstance(segmenter, str) else segmenter
+        self.segmenter_name: str | None = (
+            segmenter if segmenter is None or isinstance(segmenter, str) else segmenter.name
+        )
         self._pipeline = pipeline
         self._runtime: _Runtime | None = None
         self._lock = threading.Lock()
         self._closed = False
-        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gar-load")
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gar-aux")  # loading, segmenting
 
     # --- model ---------------------------------------------------------------------------------------------------
     @property
@@ -196,14 +230,28 @@ class LocalEngine(Engine):
                     self._runtime = _Runtime(pipeline, self._settings)
         return self._runtime
 
+    @property
+    def segmenter(self) -> Segmenter | None:
+        """The loaded segmenter, if one was configured (loads it, after GAR, on GAR's device and dtype)."""
+        if self._segmenter is None and self.segmenter_name is not None:
+            pipeline = self.pipeline
+            with self._lock:
+                if self._segmenter is None:
+                    from gar_tools.segment.loading import load_segmenter
+
+                    self._segmenter = load_segmenter(self.segmenter_name, device=pipeline.device, dtype=pipeline.dtype)
+        return self._segmenter
+
     async def start(self) -> None:
-        """Load the model and start the decode loop now (on a loader thread; the event loop keeps running)."""
-        await asyncio.get_running_loop().run_in_executor(self._loader, self._ready)
+        """Load the model (and segmenter) and start the decode loop now (on the auxiliary thread; the event loop
+        keeps running)."""
+        await asyncio.get_running_loop().run_in_executor(self._loader, lambda: (self._ready(), self.segmenter))
 
     async def info(self) -> ModelInfo:
         runtime = self._runtime
         if runtime is None:
-            return ModelInfo(model=self.model_name, tiny_model=self.model_name == "tiny", loaded=False)
+            tiny = self.model_name == "tiny"
+            return ModelInfo(model=self.model_name, tiny_model=tiny, loaded=False, segmenter=self.segmenter_name)
         pipeline = runtime.pipeline
         batch, tiles = runtime.batcher.stats(), runtime.tiles.stats()
         return ModelInfo(
@@ -222,17 +270,31 @@ class LocalEngine(Engine):
             tile_cache_bytes=tiles["bytes"],
             queued=batch["queued"],
             running=batch["running"],
+            segmenter=self.segmenter_name,
         )
+
+    def _segment_regions(self, job: Job) -> None:
+        """The segmenter hook (auxiliary thread): replace ``job.regions``' prompts by the segmenter's masks."""
+        if not any(isinstance(region, SegmentPrompt) for region in job.regions):
+            return
+        from gar_tools.segment.resolve import resolve_regions
+
+        started = time.perf_counter()
+        segmenter = self.segmenter
+        job.regions = list(resolve_regions(job.image, job.regions, segmenter))
+        job.segment_ms = (time.perf_counter() - started) * 1000
 
     # --- running -------------------------------------------------------------------------------------------------
     async def run(self, tool: ToolName, request: ToolRequest, progress: Progress | None = None) -> ToolResult:
         loop = asyncio.get_running_loop()
-        job = await asyncio.to_thread(build_job, tool, request, self.policy)
+        segmenting = self.segmenter_name is not None
+        job = await asyncio.to_thread(functools.partial(build_job, segmenter=segmenting), tool, request, self.policy)
         loaded_before = self._runtime is not None
         started = time.perf_counter()
         runtime = self._runtime or await loop.run_in_executor(self._loader, self._ready)
         model_load_ms = 0.0 if loaded_before else (time.perf_counter() - started) * 1000
         pipeline = runtime.pipeline
+        await loop.run_in_executor(self._loader, self._segment_regions, job)
 
         def prepare() -> tuple[Any, str, float]:
             begin = time.perf_counter()
@@ -268,12 +330,12 @@ class LocalEngine(Engine):
         overlay = None
         if request.overlay:
             overlay = encode_png_base64(await asyncio.to_thread(draw_overlay, job.image, job.regions))
+        regions = await asyncio.to_thread(  # RLE-encoding large masks is not free: off the event loop
+            lambda: [_region_info(r, k) for r, k in zip(job.regions, job.prompt_indices, strict=True)]  # type: ignore[arg-type]
+        )
         return job.spec.result_model(
             text=stream.text,
-            regions=[
-                RegionInfo(id=r.id, prompt=prompt_token(k), box=list(r.box), area=r.area)
-                for r, k in zip(job.regions, job.prompt_indices, strict=True)
-            ],
+            regions=regions,
             image_size=list(job.image.size),
             model=pipeline.name,
             tiny_model=pipeline.is_tiny,
@@ -284,6 +346,7 @@ class LocalEngine(Engine):
                 prefill_ms=output.prefill_ms,
                 generate_ms=output.prefill_ms + output.decode_ms,
                 tokens_generated=len(output.token_ids),
+                segment_ms=job.segment_ms,
             ),
             overlay_png=overlay,
             **job.spec.finish(request, stream.text),
