@@ -75,7 +75,8 @@ class RayServeSettings:
     Attributes:
         worker: what every replica serves (model, image policy, engine options, token); its ``host`` and ``port``
             are where Ray Serve's HTTP proxy listens.
-        replicas: a fixed number of replicas (ignored when ``autoscale`` is set).
+        replicas: a fixed number of replicas (ignored when ``autoscale`` is set); None leaves it to Ray (one
+            replica, or what a Serve config file's ``deployments:`` entry says).
         autoscale: ``(min_replicas, max_replicas)`` to autoscale between, or None for a fixed number.
         target_ongoing_requests: the load per replica autoscaling aims at.
         num_gpus: GPUs each replica asks Ray for (fractions share a GPU between replicas; 0 runs on CPU).
@@ -88,7 +89,7 @@ class RayServeSettings:
     """
 
     worker: WorkerSettings = field(default_factory=WorkerSettings)
-    replicas: int = 1
+    replicas: int | None = 1
     autoscale: tuple[int, int] | None = None
     target_ongoing_requests: float = 16.0
     num_gpus: float = 0.0
@@ -100,7 +101,7 @@ class RayServeSettings:
 
     def deployment_options(self) -> dict[str, Any]:
         """The ``Deployment.options`` these settings give: replicas or autoscaling, resources, concurrency."""
-        if self.replicas < 1:
+        if self.replicas is not None and self.replicas < 1:
             raise InputError(f"must be at least 1, got {self.replicas}", field="replicas")
         if self.num_gpus < 0 or self.num_cpus < 0:
             raise InputError("GPUs and CPUs per replica must not be negative", field="num_gpus")
@@ -111,7 +112,8 @@ class RayServeSettings:
             "ray_actor_options": {"num_gpus": self.num_gpus, "num_cpus": self.num_cpus},
         }
         if self.autoscale is None:
-            options["num_replicas"] = self.replicas
+            if self.replicas is not None:
+                options["num_replicas"] = self.replicas
         else:
             low, high = self.autoscale
             options["autoscaling_config"] = {
@@ -307,7 +309,7 @@ def app_builder(args: Mapping[str, Any] | None = None) -> Application:
     autoscale = args.get("autoscale")
     settings = RayServeSettings(
         worker=worker,
-        replicas=int(args.get("replicas", 1)),
+        replicas=int(args["replicas"]) if "replicas" in args else None,
         autoscale=parse_autoscale(str(autoscale)) if autoscale is not None else None,
         target_ongoing_requests=float(args.get("target_ongoing_requests", 16.0)),
         num_gpus=float(args.get("num_gpus", 0.0)),
