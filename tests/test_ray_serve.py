@@ -16,12 +16,15 @@ pytest.importorskip("httpx")
 pytest.importorskip("starlette")
 
 import asyncio
+import json
+import os
+import sys
 import time
 
 import httpx
 import ray
 from ray import serve
-from server_helpers import ASSETS, free_port
+from server_helpers import ASSETS, CLI, free_port
 
 from gar_tools.engine import HttpEngine, LocalEngine, RayEngine, make_engine
 from gar_tools.errors import GarToolsError, ImageError, InputError, RegionError
@@ -51,6 +54,7 @@ REQUESTS = {
 }
 SMALL = {"image": IMAGE1, "region": {"box": [0, 0, 64, 48]}, "max_new_tokens": 1}
 DEADLINE_S = 120.0
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 @pytest.fixture
@@ -61,7 +65,12 @@ def anyio_backend() -> str:
 @pytest.fixture(scope="module")
 def ingress():
     """Two replicas of the tiny model behind Ray Serve's proxy on a free loopback port: the base URL."""
+    from ray._private import ray_constants
+
     port = free_port()
+    # Ray's single-node mode (its default on macOS and Windows): its own services use 127.0.0.1, not this host's IP.
+    saved = os.environ.get(LOOPBACK_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[LOOPBACK_ENV], ray_constants.ENABLE_RAY_CLUSTER = "0", False
     ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -75,6 +84,11 @@ def ingress():
             serve.shutdown()
         finally:
             ray.shutdown()
+            ray_constants.ENABLE_RAY_CLUSTER = saved[1]
+            if saved[0] is None:
+                os.environ.pop(LOOPBACK_ENV, None)
+            else:
+                os.environ[LOOPBACK_ENV] = saved[0]
 
 
 @pytest.fixture(scope="module")
@@ -186,6 +200,24 @@ async def test_ray_engine_calls_the_deployment_handle(ingress, local_results, ti
     finally:
         await remote.aclose()
         await local.aclose()
+
+
+async def test_an_mcp_front_end_in_the_cluster_uses_the_handle(ingress, local_results, tmp_path):
+    """``gar-tools serve --engine ray://APP`` as a driver that joins the cluster (RAY_ADDRESS), holding no model."""
+    pytest.importorskip("mcp")
+    from mcp import Client, StdioServerParameters
+    from mcp.client.stdio import stdio_client
+
+    address = ray.get_runtime_context().gcs_address
+    assert address.startswith("127.0.0.1:")  # the test cluster stays on loopback
+    args = [*CLI[1:], "serve", "--transport", "stdio", "--engine", f"ray://{APP}"]
+    params = StdioServerParameters(command=sys.executable, args=args, env={**os.environ, "RAY_ADDRESS": address})
+    with (tmp_path / "stderr.log").open("w") as errlog:
+        async with Client(stdio_client(params, errlog=errlog)) as client:
+            result = await client.call_tool("describe_region", REQUESTS["describe_region"])
+    assert not result.is_error, (result.content, (tmp_path / "stderr.log").read_text()[-3000:])
+    expected = _comparable(local_results["describe_region"])
+    assert {k: result.structured_content[k] for k in expected} == json.loads(json.dumps(expected))
 
 
 def _replica_actors() -> dict[str, str]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from typing import Any
 
 from gar_tools.engine.base import Engine, Progress
@@ -77,6 +78,7 @@ class RayEngine(Engine):
         self.address = address
         self.timeout_s = timeout_s
         self._handle: Any = None
+        self._connect_lock = threading.Lock()  # start() and a first request may both connect
 
     def __repr__(self) -> str:
         return f"RayEngine({self.app!r})"
@@ -84,18 +86,20 @@ class RayEngine(Engine):
     # --- plumbing ------------------------------------------------------------------------------------------------
     def _connect(self) -> Any:
         """The application's ingress handle (joins the cluster first if needed). Blocking: run it off the loop."""
-        if self._handle is None:
+        with self._connect_lock:
+            if self._handle is not None:
+                return self._handle
             if not self._ray.is_initialized():
                 address = self.address or os.environ.get("RAY_ADDRESS") or "auto"
                 try:
                     self._ray.init(address=address, log_to_driver=False)
-                except (ConnectionError, RuntimeError) as exc:
+                except Exception as exc:  # noqa: BLE001 - no cluster there, version mismatch, …
                     raise EngineError(f"cannot join the Ray cluster at {address!r}: {exc}") from exc
             try:
                 self._handle = self._serve.get_app_handle(self.app)
             except Exception as exc:  # noqa: BLE001 - Ray raises several types for a missing application
                 raise EngineError(f"no Ray Serve application named {self.app!r} is running: {exc}") from exc
-        return self._handle
+            return self._handle
 
     async def _handle_async(self) -> Any:
         if self._handle is not None:
@@ -115,6 +119,10 @@ class RayEngine(Engine):
         return reply["result"]
 
     # --- Engine --------------------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Join the cluster and find the application now rather than on the first request."""
+        await self._handle_async()
+
     async def run(self, tool: ToolName, request: ToolRequest, progress: Progress | None = None) -> ToolResult:
         result_model = get_tool(tool).result_model
         body = await asyncio.to_thread(inline_request, tool, request, self.policy)
