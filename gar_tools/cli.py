@@ -250,7 +250,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="autoscaling target per replica (default 16)",
     )
-    ray_serve.add_argument("--num-gpus", type=float, default=0.0, metavar="G", help="GPUs per replica (0.5 shares one)")
+    ray_serve.add_argument(
+        "--num-gpus",
+        type=float,
+        default=None,
+        metavar="G",
+        help="GPUs per replica; 0.5 packs two replicas on one GPU (default: 1 when the cluster has GPUs, else 0)",
+    )
     ray_serve.add_argument("--num-cpus", type=float, default=1.0, metavar="C", help="CPUs per replica (default 1)")
     ray_serve.add_argument(
         "--max-ongoing-requests", type=int, default=64, metavar="N", help="requests one replica takes at once (64)"

@@ -18,7 +18,7 @@ Replicas ask for ``num_gpus`` each (fractions allowed) and run as a fixed number
 ``min_replicas`` and ``max_replicas``. Start it with ``gar-tools ray-serve`` (:func:`run_ray_serve`) or a Serve
 config file whose ``import_path`` is ``gar_tools.servers.ray_app:app_builder`` (``examples/ray_serve.yaml``).
 
-This module (and :mod:`gar_tools.engine.ray`) are the only ones that import ``ray``: ``pip install 'gar-tools[ray]'``.
+Only this module and :mod:`gar_tools.engine.ray` import ``ray`` (``pip install 'gar-tools[ray]'``).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import os
 import sys
 import threading
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ray import serve
@@ -79,7 +79,8 @@ class RayServeSettings:
             replica, or what a Serve config file's ``deployments:`` entry says).
         autoscale: ``(min_replicas, max_replicas)`` to autoscale between, or None for a fixed number.
         target_ongoing_requests: the load per replica autoscaling aims at.
-        num_gpus: GPUs each replica asks Ray for (fractions share a GPU between replicas; 0 runs on CPU).
+        num_gpus: GPUs each replica asks Ray for (fractions share a GPU between replicas; 0 runs on CPU); None:
+            one when the cluster has GPUs, else none (decided by :func:`run_ray_serve` once it has joined).
         num_cpus: CPUs each replica asks Ray for.
         max_ongoing_requests: requests one replica takes at once before Ray queues them.
         address: the Ray cluster to join (``"auto"`` for the one ``ray start`` made on this machine,
@@ -92,7 +93,7 @@ class RayServeSettings:
     replicas: int | None = 1
     autoscale: tuple[int, int] | None = None
     target_ongoing_requests: float = 16.0
-    num_gpus: float = 0.0
+    num_gpus: float | None = None
     num_cpus: float = 1.0
     max_ongoing_requests: int = DEFAULT_MAX_ONGOING_REQUESTS
     address: str | None = None
@@ -103,13 +104,15 @@ class RayServeSettings:
         """The ``Deployment.options`` these settings give: replicas or autoscaling, resources, concurrency."""
         if self.replicas is not None and self.replicas < 1:
             raise InputError(f"must be at least 1, got {self.replicas}", field="replicas")
-        if self.num_gpus < 0 or self.num_cpus < 0:
-            raise InputError("GPUs and CPUs per replica must not be negative", field="num_gpus")
+        num_gpus = self.num_gpus or 0.0
+        for name, value in (("num_gpus", num_gpus), ("num_cpus", self.num_cpus)):
+            if value < 0:
+                raise InputError(f"must not be negative, got {value}", field=name)
         if self.max_ongoing_requests < 1:
             raise InputError(f"must be at least 1, got {self.max_ongoing_requests}", field="max_ongoing_requests")
         options: dict[str, Any] = {
             "max_ongoing_requests": self.max_ongoing_requests,
-            "ray_actor_options": {"num_gpus": self.num_gpus, "num_cpus": self.num_cpus},
+            "ray_actor_options": {"num_gpus": num_gpus, "num_cpus": self.num_cpus},
         }
         if self.autoscale is None:
             if self.replicas is not None:
@@ -342,6 +345,8 @@ def run_ray_serve(settings: RayServeSettings) -> None:
     env = {k: os.environ[k] for k in ("GAR_TOOLS_CACHE", "HF_HUB_OFFLINE", "HF_HOME") if k in os.environ}
     ray.init(address=settings.address, runtime_env={"env_vars": env} if env else None, log_to_driver=True)
     try:
+        if settings.num_gpus is None:
+            settings = replace(settings, num_gpus=1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0)
         serve.start(http_options={"host": worker.host, "port": worker.port})
         serve.run(build_app(settings), name=settings.name, route_prefix=settings.route_prefix)
         print(
