@@ -6,7 +6,7 @@
     gar-tools ask IMAGE "What is <r0> holding?" --mask A.png [--choice TEXT ...]
     gar-tools demo [--out DIR]
     gar-tools eval gar-bench-vqa --annotations GAR-Bench-VQA.json [--model ...]   /   gar-tools eval score OUT.json
-    gar-tools serve ... / gar-tools worker ...   (see --help of each)
+    gar-tools serve ... / gar-tools worker ... / gar-tools ray-serve ...   (see --help of each)
 
 One subcommand per registered tool (:mod:`gar_tools.tools`), built from its request model. Regions are given with
 ``--mask``, ``--box`` (``--segment`` after it: cut out by the segmenter), ``--point`` / ``--neg-point`` (consecutive
@@ -358,9 +358,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--engine",
         default="local",
-        metavar="local|URL",
-        help="local (load the model here, default) or the URL of a gar-tools worker, e.g. http://127.0.0.1:8001, "
-        "to share one model between servers",
+        metavar="local|URL|ray[://APP]",
+        help="local (load the model here, default), the URL of a gar-tools worker (or of a ray-serve ingress), "
+        "e.g. http://127.0.0.1:8001, to share one model between servers, or ray / ray://APP for the ray-serve "
+        "application's deployment handle (from a process inside the Ray cluster)",
     )
     serve.add_argument(
         "--worker-token-env",
@@ -408,6 +409,45 @@ def build_parser() -> argparse.ArgumentParser:
     worker.set_defaults(handler=_worker)
 
     _add_eval_parser(sub)
+
+    ray_serve = sub.add_parser(
+        "ray-serve",
+        help="run the worker as a Ray Serve application: replicas across GPUs and machines, the same HTTP API",
+        description="Deploy the GAR worker on Ray Serve (pip install 'gar-tools[ray]'): POST /v1/{tool}[/stream], "
+        "GET /v1/model, GET /healthz on Ray's HTTP proxy, replicas placed on GPUs, fixed or autoscaled.",
+    )
+    scale = ray_serve.add_mutually_exclusive_group()
+    scale.add_argument("--replicas", type=int, default=1, metavar="N", help="a fixed number of replicas (default 1)")
+    scale.add_argument("--autoscale", default=None, metavar="MIN:MAX", help="autoscale between MIN and MAX replicas")
+    ray_serve.add_argument(
+        "--target-ongoing-requests",
+        type=float,
+        default=16.0,
+        metavar="N",
+        help="autoscaling target per replica (default 16)",
+    )
+    ray_serve.add_argument(
+        "--num-gpus",
+        type=float,
+        default=None,
+        metavar="G",
+        help="GPUs per replica; 0.5 packs two replicas on one GPU (default: 1 when the cluster has GPUs, else 0)",
+    )
+    ray_serve.add_argument("--num-cpus", type=float, default=1.0, metavar="C", help="CPUs per replica (default 1)")
+    ray_serve.add_argument(
+        "--max-ongoing-requests", type=int, default=64, metavar="N", help="requests one replica takes at once (64)"
+    )
+    ray_serve.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster to join: auto (the one `ray start` made here) or ray://HOST:10001 (default: start a "
+        "local Ray instance)",
+    )
+    ray_serve.add_argument("--name", default="gar", help="Serve application name (--engine ray://NAME; default gar)")
+    _add_http_options(ray_serve, port=8001, what="clients")
+    _add_policy_options(ray_serve)
+    _add_model_options(ray_serve)
+    ray_serve.set_defaults(handler=_ray_serve)
     return parser
 
 
@@ -602,9 +642,10 @@ def _serve(args: argparse.Namespace) -> None:
         raise GarToolsError(f"serve needs the MCP extra: pip install 'gar-tools[mcp]' ({exc})") from exc
 
     engine = args.engine.strip()
-    if engine.lower() != "local" and not engine.lower().startswith(("http://", "https://")):
+    if engine.lower() not in ("local", "ray") and not engine.lower().startswith(("http://", "https://", "ray://")):
         raise InputError(
-            f"must be 'local' or a worker URL such as http://127.0.0.1:8001, got {engine!r}", field="--engine"
+            f"must be 'local', a worker URL such as http://127.0.0.1:8001, or ray[://APP], got {engine!r}",
+            field="--engine",
         )
     if engine.lower() != "local" and args.model != "tiny":
         print(
@@ -658,6 +699,36 @@ def _max_body_bytes(megabytes: float | None) -> int | None:
     if not megabytes > 0:
         raise InputError(f"must be a positive number of MiB, got {megabytes}", field="--max-body-mb")
     return int(megabytes * 2**20)
+
+
+def _ray_serve(args: argparse.Namespace) -> None:
+    try:
+        from gar_tools.servers.ray_app import RayServeSettings, parse_autoscale, run_ray_serve
+        from gar_tools.servers.settings import WorkerSettings, token_from_env
+    except ImportError as exc:
+        raise GarToolsError(f"ray-serve needs the ray extra: pip install 'gar-tools[ray]' ({exc})") from exc
+
+    worker = WorkerSettings(
+        model=args.model,
+        policy=_server_policy(args),
+        engine_kwargs=_engine_kwargs(args),
+        host=args.host,
+        port=args.port,
+        token=token_from_env(args.token_env),
+    )
+    settings = RayServeSettings(
+        worker=worker,
+        replicas=args.replicas,
+        autoscale=parse_autoscale(args.autoscale) if args.autoscale is not None else None,
+        target_ongoing_requests=args.target_ongoing_requests,
+        num_gpus=args.num_gpus,
+        num_cpus=args.num_cpus,
+        max_ongoing_requests=args.max_ongoing_requests,
+        address=args.address,
+        name=args.name,
+    )
+    settings.deployment_options()  # bad numbers fail here, before Ray starts
+    run_ray_serve(settings)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
