@@ -11,6 +11,8 @@
 - The engine (a local model, or a client of a shared ``gar-tools worker``) lives in the server lifespan.
 - Resources ``gar://guide`` (usage guide), ``gar://examples`` (bundled example images with ready-made calls) and
   ``gar://examples/{filename}`` (the images themselves); prompt ``gar_tour``.
+- The region picker (:mod:`gar_tools.servers.ui`) as an MCP App: resource ``ui://gar-tools/region-picker.html``
+  (``text/html;profile=mcp-app``), linked from every tool's ``_meta.ui.resourceUri``; over HTTP also at ``GET /ui``.
 
 Run it with ``gar-tools serve --transport stdio|http`` (:func:`run_server`) or build it with :func:`create_server`
 and pass it to ``mcp.Client`` in tests.
@@ -44,6 +46,16 @@ from gar_tools.inputs import MAX_REGIONS
 from gar_tools.results import TINY_MODEL_NOTE, ToolResult
 from gar_tools.servers.common import BearerTokenMiddleware, serve_app
 from gar_tools.servers.settings import ServeSettings
+from gar_tools.servers.ui import (
+    UI_MIME_TYPE,
+    UI_OPEN_PATHS,
+    UI_RESOURCE_URI,
+    page_html,
+    tool_routes,
+    ui_resource_meta,
+    ui_routes,
+    ui_tool_meta,
+)
 from gar_tools.toolkit import GarToolkit
 from gar_tools.tools import ToolName, ToolSpec, tools
 
@@ -169,6 +181,7 @@ def create_server(
     """
     settings = settings or ServeSettings()
     policy = settings.policy
+    running: dict[str, GarServerState] = {}  # the lifespan's state, for the /ui routes (HTTP transport)
 
     @asynccontextmanager
     async def lifespan(server: MCPServer[GarServerState]) -> AsyncIterator[GarServerState]:
@@ -183,12 +196,14 @@ def create_server(
                 **settings.engine_kwargs,
             )
         state = GarServerState(toolkit=GarToolkit(engine), settings=settings)
+        running["state"] = state
         if settings.preload:  # in the background: the server answers `initialize` while a model loads
             state.loader = asyncio.create_task(engine.start())
             state.loader.add_done_callback(_log_load_failure)
         try:
             yield state
         finally:
+            running.pop("state", None)
             await state.toolkit.aclose()  # lets a model load still running on the model thread finish
 
     server: MCPServer[GarServerState] = MCPServer(
@@ -207,9 +222,34 @@ def create_server(
             title=spec.title,
             description=tool_description(spec.name, policy, limit=4000),
             annotations=ToolAnnotations.model_validate({"title": spec.title, **spec.annotations}),
+            meta=ui_tool_meta(),
         )
     _add_resources(server, policy)
+    _add_ui(server, lambda: running.get("state"))
     return server
+
+
+def _add_ui(server: MCPServer[GarServerState], state_of: Callable[[], GarServerState | None]) -> None:
+    """The region picker: the ``ui://`` MCP App resource, and ``/ui`` routes for the HTTP transport."""
+
+    @server.resource(
+        UI_RESOURCE_URI,
+        name="region_picker",
+        title="GAR region picker",
+        description="Draw regions on an image and run the GAR tools on them (an MCP App for hosts that show them).",
+        mime_type=UI_MIME_TYPE,
+        meta=ui_resource_meta(),
+    )
+    def region_picker() -> str:
+        """The region picker page; it calls the tools through the host (MCP Apps), never over the network."""
+        return page_html("mcp-app")
+
+    def engine_of(request: object) -> Engine | None:
+        state = state_of()
+        return state.toolkit.engine if state is not None else None
+
+    for route in [*ui_routes(engine_of, api="/ui/v1"), *tool_routes(engine_of, api="/ui/v1")]:
+        server.custom_route(route.path, methods=sorted((route.methods or set()) - {"HEAD"}))(route.endpoint)
 
 
 def _add_resources(server: MCPServer[GarServerState], policy: ImagePolicy) -> None:
@@ -264,9 +304,11 @@ def run_server(settings: ServeSettings) -> None:
 def http_app(
     server: MCPServer[GarServerState], *, host: str = "127.0.0.1", token: str | None = None, path: str = "/mcp"
 ) -> ASGIApp:
-    """The streamable-HTTP ASGI app of ``server`` at ``path``, with ``GET /healthz``; bearer token if given.
+    """The streamable-HTTP ASGI app of ``server`` at ``path``, with ``GET /healthz`` and the region picker at
+    ``GET /ui``; bearer token if given.
 
-    With a token, every request but ``/healthz`` needs ``Authorization: Bearer <token>`` (401 otherwise).
+    With a token, every request but ``/healthz`` and the ``/ui`` page needs ``Authorization: Bearer <token>``
+    (401 otherwise).
     """
     from starlette.requests import Request
     from starlette.responses import JSONResponse
@@ -277,5 +319,5 @@ def http_app(
 
     app: ASGIApp = server.streamable_http_app(streamable_http_path=path, host=host)
     if token:
-        app = BearerTokenMiddleware(app, token, open_paths={"/healthz"})
+        app = BearerTokenMiddleware(app, token, open_paths={"/healthz", *UI_OPEN_PATHS})
     return app

@@ -10,6 +10,8 @@ Endpoints (JSON in and out, the same pydantic models as the Python API), one pai
                                       or ``error`` event
     GET  /v1/model                    ModelInfo
     GET  /healthz                     {"status": "ok", ...}  (no token needed)
+    GET  /ui, /ui/...                 the region picker page (no token needed for the page itself) and its small
+                                      JSON routes (:mod:`gar_tools.servers.ui`)
 
 Errors are ``{"error": {"type", "message", "field", "reason"}}`` with status 422 for input the caller can fix
 (``InputError``, ``ImageError``, ``RegionError``), 400 for a body that is not JSON, 404 for an unknown tool, 500
@@ -39,6 +41,7 @@ from gar_tools.errors import CheckpointError, EngineError, GarToolsError, InputE
 from gar_tools.inputs import ToolRequest
 from gar_tools.servers.common import BearerTokenMiddleware, serve_app
 from gar_tools.servers.settings import WorkerSettings
+from gar_tools.servers.ui import UI_OPEN_PATHS, ui_routes
 from gar_tools.toolkit import coerce_request
 from gar_tools.tools import ToolName, get_tool
 
@@ -163,7 +166,7 @@ def create_worker_app(
         engine_factory: builds the engine when the app starts instead of a local engine of ``settings.model``
             (e.g. over an already loaded pipeline, in tests).
 
-    With a token, every endpoint but ``/healthz`` requires ``Authorization: Bearer <token>``.
+    With a token, every endpoint but ``/healthz`` and the ``/ui`` page requires ``Authorization: Bearer <token>``.
     """
     settings = settings or WorkerSettings()
 
@@ -187,10 +190,11 @@ def create_worker_app(
         Route("/v1/model", _model, methods=["GET"]),
         Route("/v1/{tool}", _run_tool, methods=["POST"]),
         Route("/v1/{tool}/stream", _stream_tool, methods=["POST"]),
+        *ui_routes(_engine, api="/v1"),
     ]
     app: ASGIApp = Starlette(routes=routes, lifespan=lifespan)
     if settings.token:
-        app = BearerTokenMiddleware(app, settings.token, open_paths={"/healthz"})
+        app = BearerTokenMiddleware(app, settings.token, open_paths={"/healthz", *UI_OPEN_PATHS})
     return app
 
 
