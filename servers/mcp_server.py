@@ -225,11 +225,13 @@ def create_server(
             meta=ui_tool_meta(),
         )
     _add_resources(server, policy)
-    _add_ui(server, lambda: running.get("state"))
+    _add_ui(server, lambda: running.get("state"), token_required=bool(settings.token))
     return server
 
 
-def _add_ui(server: MCPServer[GarServerState], state_of: Callable[[], GarServerState | None]) -> None:
+def _add_ui(
+    server: MCPServer[GarServerState], state_of: Callable[[], GarServerState | None], *, token_required: bool
+) -> None:
     """The region picker: the ``ui://`` MCP App resource, and ``/ui`` routes for the HTTP transport."""
 
     @server.resource(
@@ -248,7 +250,8 @@ def _add_ui(server: MCPServer[GarServerState], state_of: Callable[[], GarServerS
         state = state_of()
         return state.toolkit.engine if state is not None else None
 
-    for route in [*ui_routes(engine_of, api="/ui/v1"), *tool_routes(engine_of, api="/ui/v1")]:
+    routes = [*ui_routes(engine_of, api="/ui/v1", token_required=token_required), *tool_routes(engine_of, api="/ui/v1")]
+    for route in routes:
         server.custom_route(route.path, methods=sorted((route.methods or set()) - {"HEAD"}))(route.endpoint)
 
 

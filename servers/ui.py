@@ -151,17 +151,19 @@ def _static(name: str) -> str:
     return resources.files("gar_tools").joinpath("ui", name).read_text(encoding="utf-8")
 
 
-def page_html(mode: Literal["http", "mcp-app"], *, api: str = "/v1") -> str:
+def page_html(mode: Literal["http", "mcp-app"], *, api: str = "/v1", token_required: bool = False) -> str:
     """The region picker as one self-contained HTML document (script, style and configuration inlined).
 
     Args:
         mode: ``"http"`` (calls ``{api}/{tool}/stream`` on its own origin) or ``"mcp-app"`` (calls tools through
             the MCP host over ``postMessage``).
         api: the base path of the tool routes in ``"http"`` mode.
+        token_required: whether the server wants a bearer token (the page asks for it before its first request).
     """
     config = {
         "mode": mode,
         "api": api,
+        "token_required": token_required,
         "tools": tool_catalog(),
         "examples": example_manifest(),
         "tiny_model_note": TINY_MODEL_NOTE,
@@ -197,12 +199,13 @@ def _error(status: int, kind: str, message: str, field: str | None = None) -> An
     return JSONResponse({"error": {"type": kind, "message": message, "field": field, "reason": message}}, status)
 
 
-def ui_routes(engine_of: Callable[[Any], Any], *, api: str) -> list[Any]:
+def ui_routes(engine_of: Callable[[Any], Any], *, api: str, token_required: bool = False) -> list[Any]:
     """The region picker's Starlette routes.
 
     Args:
         engine_of: ``request -> Engine`` (or None while the server is not ready) of the server serving them.
         api: the base path the page calls tools under (``/v1`` on the worker).
+        token_required: whether the server checks a bearer token (the page then asks for it up front).
     """
     from starlette.requests import Request
     from starlette.responses import HTMLResponse, JSONResponse, Response
@@ -212,7 +215,7 @@ def ui_routes(engine_of: Callable[[Any], Any], *, api: str) -> list[Any]:
 
     async def page(request: Request) -> Response:
         return HTMLResponse(
-            page_html("http", api=api),
+            page_html("http", api=api, token_required=token_required),
             headers={
                 "Content-Security-Policy": PAGE_CSP,
                 "Cache-Control": "no-store",

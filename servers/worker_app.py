@@ -190,7 +190,7 @@ def create_worker_app(
         Route("/v1/model", _model, methods=["GET"]),
         Route("/v1/{tool}", _run_tool, methods=["POST"]),
         Route("/v1/{tool}/stream", _stream_tool, methods=["POST"]),
-        *ui_routes(_engine, api="/v1"),
+        *ui_routes(_engine, api="/v1", token_required=bool(settings.token)),
     ]
     app: ASGIApp = Starlette(routes=routes, lifespan=lifespan)
     if settings.token:

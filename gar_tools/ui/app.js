@@ -53,6 +53,7 @@
 
   async function http(path, options = {}, retry = true) {
     const headers = Object.assign({}, options.headers || {});
+    if (CFG.token_required && !(token() || state.memToken)) await askToken();
     const tok = token() || state.memToken;
     if (tok) headers.Authorization = "Bearer " + tok;
     const response = await fetch(path, Object.assign({}, options, { headers }));
@@ -205,6 +206,30 @@
     c.width = state.image.width;
     c.height = state.image.height;
     return c;
+  }
+
+  function toAlpha(canvas) {
+    // a white-on-black mask (as PNG masks and the wire format have it) -> white on transparent, for drawing
+    const ctx = canvas.getContext("2d");
+    const image = ctx.getImageData(0, 0, canvas.width, canvas.height);
+    const d = image.data;
+    for (let o = 0; o < d.length; o += 4) {
+      const inside = d[o] || d[o + 1] || d[o + 2];
+      d[o] = d[o + 1] = d[o + 2] = 255;
+      d[o + 3] = inside ? 255 : 0;
+    }
+    ctx.putImageData(image, 0, 0);
+    return canvas;
+  }
+
+  function maskDataUrl(canvas) {
+    // white-on-transparent drawing -> the wire's PNG mask: white inside, black outside, the image's size
+    const out = maskCanvas();
+    const ctx = out.getContext("2d");
+    ctx.fillStyle = "#000";
+    ctx.fillRect(0, 0, out.width, out.height);
+    ctx.drawImage(canvas, 0, 0);
+    return out.toDataURL("image/png");
   }
 
   function tinted(region, index) {
@@ -438,8 +463,7 @@
     } else if (state.mode === "brush") {
       let region = state.selected;
       if (!region || region.kind !== "brush") {
-        region = newRegion("brush", { mask: maskCanvas(), maskVersion: 0 });
-        region.mask.getContext("2d").fillRect(0, 0, region.mask.width, region.mask.height); // black = outside
+        region = newRegion("brush", { mask: maskCanvas(), maskVersion: 0 }); // transparent = outside
       }
       state.drag = { kind: "brush", region, last: p };
       paint(region, p, p);
@@ -541,7 +565,7 @@
       }
       i += n;
     });
-    for (let o = 3; o < data.data.length; o += 4) data.data[o] = 255;
+    for (let o = 3; o < data.data.length; o += 4) data.data[o] = data.data[o - 1]; // outside stays transparent
     ctx.putImageData(data, 0, 0);
     return c;
   }
@@ -580,7 +604,7 @@
     const seg = region.segment;
     if (seg && seg.accepted && seg.rle) out.rle = seg.rle;
     else if (region.kind === "mask") out.mask = region.maskUrl;
-    else if (region.kind === "brush") out.mask = region.mask.toDataURL("image/png");
+    else if (region.kind === "brush") out.mask = maskDataUrl(region.mask);
     else if (region.kind === "polygon") out.polygon = [region.polygon.flat()];
     else if (region.kind === "box") out.box = region.box;
     else if (region.kind === "points") { out.points = region.points; out.labels = region.labels; }
@@ -921,6 +945,7 @@
         });
         const region = newRegion("mask", { id: r.id, mask: maskCanvas(), maskUrl: url, maskVersion: 1 });
         region.mask.getContext("2d").drawImage(el, 0, 0);
+        toAlpha(region.mask);
         region.bounds = maskBounds(region.mask);
       }
       state.selected = null;
@@ -946,7 +971,7 @@
     const { data, width, height } = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height);
     let x1 = width, y1 = height, x2 = 0, y2 = 0;
     for (let y = 0; y < height; y++) for (let x = 0; x < width; x++) {
-      if (data[(y * width + x) * 4] > 0) { if (x < x1) x1 = x; if (x > x2) x2 = x; if (y < y1) y1 = y; if (y > y2) y2 = y; }
+      if (data[(y * width + x) * 4 + 3] > 0) { if (x < x1) x1 = x; if (x > x2) x2 = x; if (y < y1) y1 = y; if (y > y2) y2 = y; }
     }
     return x2 >= x1 ? [x1, y1, x2, y2] : [0, 0, 0, 0];
   }

@@ -1,0 +1,260 @@
+"""The region picker in a real browser: headless Chromium (Debian's ``chromium``) driven by Playwright.
+
+Servers run in this process (uvicorn in a thread, on a free loopback port) over the tiny model (its text is
+meaningless; the page must say so). Each flow draws with mouse events, runs a tool, waits for the text and the
+overlay, checks the browser console stayed clean, and saves a screenshot under the test's temporary folder.
+Skipped when /usr/bin/chromium or playwright is missing (.ci/run installs both).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+pytest.importorskip("uvicorn")
+pytest.importorskip("mcp")
+
+import io
+import json
+
+import numpy as np
+import uvicorn
+from PIL import Image, ImageDraw
+from playwright import sync_api
+from pycocotools import mask as mask_utils
+from server_helpers import free_port
+
+from gar_tools.engine import LocalEngine
+from gar_tools.servers.mcp_server import create_server, http_app
+from gar_tools.servers.settings import ServeSettings, WorkerSettings, server_policy
+from gar_tools.servers.worker_app import create_worker_app
+
+CHROMIUM = os.environ.get("GAR_TEST_CHROMIUM", "/usr/bin/chromium")
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)"
+)
+
+TOKEN = "test-ui-browser-token"
+TIMEOUT_MS = 60_000
+
+
+@contextmanager
+def serve_in_thread(app) -> Iterator[str]:
+    """Run ``app`` with uvicorn on a free loopback port in a thread; its base URL until the block ends."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the server did not start")
+        time.sleep(0.05)  # polling interval: `started` is what ends the loop
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+class TinySegmenter(LocalEngine):
+    """A stand-in segmenter: a disc around the positive points (minus discs around negative ones), or the box."""
+
+    async def segment(self, request: dict) -> dict:
+        with Image.open(io.BytesIO(_data_uri_bytes(request["image"]))) as image:
+            width, height = image.size
+        mask = Image.new("L", (width, height), 0)
+        draw = ImageDraw.Draw(mask)
+        if request.get("box"):
+            draw.rectangle([round(v) for v in request["box"]], fill=255)
+        points = sorted(zip(request.get("points", []), request.get("labels", []), strict=True), key=lambda p: -p[1])
+        for (x, y), label in points:  # positive discs first, then negative ones cut out of them
+            r = 40 if label else 15
+            draw.ellipse([x - r, y - r, x + r, y + r], fill=255 if label else 0)
+        rle = mask_utils.encode(np.asfortranarray(np.asarray(mask) > 0))
+        return {"rle": {"size": list(rle["size"]), "counts": rle["counts"].decode()}, "score": 0.87}
+
+
+def _data_uri_bytes(uri: str) -> bytes:
+    import base64
+
+    return base64.b64decode(uri.split(",", 1)[1])
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    problems: list[str] = []
+    page.on("console", lambda message: message.type == "error" and problems.append(message.text))
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.problems = problems
+    yield page
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory) -> Path:
+    """A small synthetic photo: sky, grass, a red ball and a blue box."""
+    image = Image.new("RGB", (480, 320), (150, 200, 240))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle([0, 220, 480, 320], fill=(70, 160, 70))
+    draw.ellipse([80, 150, 180, 250], fill=(220, 40, 40))
+    draw.rectangle([280, 120, 400, 240], fill=(40, 60, 200))
+    path = tmp_path_factory.mktemp("photo") / "ball-and-box.png"
+    image.save(path)
+    return path
+
+
+def _tiny_engine(tiny_pipeline, cls=LocalEngine):
+    return lambda: cls(pipeline=tiny_pipeline, policy=server_policy())
+
+
+def _open(page, url: str, *, token: str | None) -> None:
+    page.goto(url + "/ui")
+    if token is not None:
+        page.wait_for_selector("#token-dialog[open]")
+        page.fill("#token-input", token)
+        page.click("#token-submit")
+    page.wait_for_selector("#model-name:has-text('tiny')")
+    assert page.is_visible("#tiny-banner")  # the tiny-model notice is up before anything runs
+
+
+def _drag(page, start: tuple[float, float], end: tuple[float, float]) -> None:
+    """Drag on the drawing canvas; positions are fractions of its width and height."""
+    box = page.locator("#draw-canvas").bounding_box()
+    page.mouse.move(box["x"] + start[0] * box["width"], box["y"] + start[1] * box["height"])
+    page.mouse.down()
+    page.mouse.move(box["x"] + end[0] * box["width"], box["y"] + end[1] * box["height"], steps=8)
+    page.mouse.up()
+
+
+def _click(page, at: tuple[float, float], **kwargs) -> None:
+    box = page.locator("#draw-canvas").bounding_box()
+    page.mouse.click(box["x"] + at[0] * box["width"], box["y"] + at[1] * box["height"], **kwargs)
+
+
+def _run(page, *, max_tokens: int = 6) -> dict:
+    page.fill("#max-tokens", str(max_tokens))
+    page.click("#run")
+    page.wait_for_selector("#output[data-done='1']")
+    page.wait_for_selector("#overlay-img:visible")
+    assert page.evaluate("document.getElementById('overlay-img').naturalWidth") > 0
+    assert page.is_hidden("#error"), page.text_content("#error")
+    assert page.is_visible("#result-tiny")
+    assert "meaningless" in page.text_content("#result-tiny")
+    text = page.text_content("#output")
+    assert text.strip()
+    return {"text": text, "timings": page.text_content("#timings")}
+
+
+def _copied(page, kind: str) -> str:
+    page.click(f"[data-copy='{kind}']")
+    return page.input_value("#copy-text")
+
+
+def _screenshot(page, path: Path) -> None:
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(path), full_page=True)
+
+
+def test_box_describe_on_the_worker(tiny_pipeline, page, photo, tmp_path):
+    app = create_worker_app(WorkerSettings(token=TOKEN), engine_factory=_tiny_engine(tiny_pipeline))
+    with serve_in_thread(app) as url:
+        _open(page, url, token=TOKEN)
+        page.set_input_files("#file-input", str(photo))
+        page.wait_for_selector("#drop-hint", state="hidden")
+        assert page.is_disabled("[data-mode='points']")  # no segmenter on this server
+        _drag(page, (0.15, 0.45), (0.40, 0.80))
+        assert page.locator("#region-list li[data-region-id='r0']").count() == 1
+        page.select_option("#tool-select", "describe_region")
+        result = _run(page)
+        assert "tokens" in result["timings"]
+        request = json.loads(_copied(page, "json"))
+        assert request["tool"] == "describe_region"
+        assert request["arguments"]["image"] == photo.name
+        (x1, y1, x2, y2) = request["arguments"]["region"]["box"]
+        assert 60 <= x1 < x2 <= 200 and 130 <= y1 < y2 <= 270
+        assert "GarToolkit" in _copied(page, "python")
+        cli = _copied(page, "cli")
+        assert cli.startswith(f"gar-tools describe {photo.name} --box {x1},{y1},{x2},{y2} --id r0")
+        _screenshot(page, tmp_path / "box-describe.png")
+    assert page.problems == []
+
+
+def test_example_brush_polygon_compare_on_the_mcp_http_server(tiny_pipeline, page, tmp_path):
+    settings = ServeSettings(token=TOKEN)
+    server = create_server(settings, engine_factory=_tiny_engine(tiny_pipeline))
+    with serve_in_thread(http_app(server, token=TOKEN)) as url:
+        _open(page, url, token=TOKEN)
+        page.select_option("#example-select", "tennis")
+        page.wait_for_selector("#status:has-text('example tennis loaded')")
+        assert page.input_value("#tool-select") == "compare_regions"
+        assert page.input_value("#field-focus") == "what they are doing"
+        page.click("[data-mode='polygon']")
+        for corner in ((0.05, 0.75), (0.30, 0.72), (0.32, 0.95), (0.04, 0.96)):
+            _click(page, corner)
+        page.keyboard.press("Enter")
+        page.click("[data-mode='brush']")
+        _drag(page, (0.70, 0.20), (0.90, 0.30))
+        ids = page.locator("#region-list li").evaluate_all("items => items.map(li => li.dataset.regionId)")
+        assert ids == ["person", "ball", "r0", "r1"]
+        _run(page)
+        request = json.loads(_copied(page, "json"))["arguments"]
+        kinds = [next(k for k in region if k != "id") for region in request["regions"]]
+        assert kinds == ["mask", "mask", "polygon", "mask"]
+        assert request["regions"][3]["mask"].startswith("data:image/png;base64,")
+        _screenshot(page, tmp_path / "tennis-compare.png")
+    if os.environ.get("GAR_UI_DOCS_SCREENSHOT"):  # refresh the README's picture: GAR_UI_DOCS_SCREENSHOT=docs/...
+        _save_docs_screenshot(tmp_path / "tennis-compare.png", Path(os.environ["GAR_UI_DOCS_SCREENSHOT"]))
+    assert page.problems == []
+
+
+def test_points_with_a_segmenter(tiny_pipeline, page, photo, tmp_path):
+    app = create_worker_app(WorkerSettings(), engine_factory=_tiny_engine(tiny_pipeline, TinySegmenter))
+    with serve_in_thread(app) as url:
+        _open(page, url, token=None)
+        page.set_input_files("#file-input", str(photo))
+        page.click("[data-mode='points']")
+        _click(page, (0.27, 0.62))
+        page.keyboard.down("Shift")  # a negative point
+        _click(page, (0.22, 0.66))
+        page.keyboard.up("Shift")
+        page.wait_for_selector("#region-list .seg button.accept")
+        assert "score 0.87" in page.text_content("#region-list .seg")
+        page.click("#region-list .seg button.accept")
+        _run(page)
+        region = json.loads(_copied(page, "json"))["arguments"]["region"]
+        assert set(region) == {"id", "rle"}
+        mask = mask_utils.decode({"size": region["rle"]["size"], "counts": region["rle"]["counts"].encode()})
+        assert mask.shape == (320, 480) and mask[198, 129] == 1 and mask[211, 105] == 0  # disc minus negative
+        _screenshot(page, tmp_path / "points-segment.png")
+    assert page.problems == []
+
+
+def _save_docs_screenshot(shot_path: Path, target: Path) -> None:
+    """Write a screenshot for README (downscaled, 256-colour PNG: a few hundred KB at most)."""
+    with Image.open(shot_path) as shot:
+        shot = shot.convert("RGB")
+        shot.thumbnail((1100, 1100))
+        buffer = io.BytesIO()
+        shot.quantize(colors=256).save(buffer, format="PNG", optimize=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(buffer.getvalue())
+    assert target.stat().st_size < 400_000
