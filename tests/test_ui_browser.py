@@ -42,7 +42,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 TOKEN = "test-ui-browser-token"
-TIMEOUT_MS = 60_000
+TIMEOUT_MS = int(os.environ.get("GAR_TEST_UI_TIMEOUT_MS", "60000"))
 
 
 @contextmanager
@@ -258,3 +258,103 @@ def _save_docs_screenshot(shot_path: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(buffer.getvalue())
     assert target.stat().st_size < 400_000
+
+
+# --- the MCP App: the ui:// resource in an iframe of a stand-in host -----------------------------------------------
+
+HOST_PAGE = """<!doctype html><html><body style="margin:0">
+<iframe id="app" style="width:1260px;height:1300px;border:0"></iframe>
+<script>
+  const frame = document.getElementById("app");
+  window.hostLog = [];
+  window.addEventListener("message", async (event) => {
+    if (event.source !== frame.contentWindow) return;
+    const msg = event.data;
+    window.hostLog.push(msg.method || "response");
+    if (msg.id === undefined) return;  // a notification (ui/notifications/initialized, size-changed)
+    let reply;
+    if (msg.method === "ui/initialize") {
+      reply = {result: {protocolVersion: "2026-01-26", hostInfo: {name: "test host", version: "0"},
+                        hostCapabilities: {serverTools: {}, serverResources: {}}, hostContext: {theme: "light"}}};
+    } else {
+      reply = JSON.parse(await window.mcpRequest(JSON.stringify({method: msg.method, params: msg.params})));
+    }
+    frame.contentWindow.postMessage(Object.assign({jsonrpc: "2.0", id: msg.id}, reply), "*");
+  });
+</script></body></html>"""
+
+
+@contextmanager
+def mcp_session(server) -> Iterator:
+    """An in-memory MCP client session held by one task on its own event-loop thread; ``call(fn)`` runs
+    ``await fn(client)`` there and returns the result."""
+    import asyncio
+
+    from mcp import Client
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    opened = threading.Event()
+    holder: dict = {}
+
+    async def hold() -> None:
+        holder["stop"] = asyncio.Event()
+        async with Client(server) as client:
+            holder["client"] = client
+            opened.set()
+            await holder["stop"].wait()
+
+    held = asyncio.run_coroutine_threadsafe(hold(), loop)
+    try:
+        if not opened.wait(timeout=120):
+            raise RuntimeError(f"the MCP client did not connect: {held}")
+        yield lambda fn: asyncio.run_coroutine_threadsafe(fn(holder["client"]), loop).result(timeout=120)
+    finally:
+        if "stop" in holder:
+            loop.call_soon_threadsafe(holder["stop"].set)
+        held.result(timeout=60)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=30)
+
+
+def test_mcp_app_calls_tools_through_the_host(tiny_pipeline, page, tmp_path):
+    from gar_tools.servers.ui import UI_RESOURCE_URI
+
+    settings = ServeSettings()
+    server = create_server(settings, engine_factory=_tiny_engine(tiny_pipeline))
+    with mcp_session(server) as call:
+        html = call(lambda client: client.read_resource(UI_RESOURCE_URI)).contents[0].text
+        forwarded: list[str] = []
+
+        def mcp_request(message: str) -> str:
+            request = json.loads(message)
+            forwarded.append(request["method"])
+            params = request.get("params") or {}
+            if request["method"] == "tools/call":
+                result = call(lambda client: client.call_tool(params["name"], params.get("arguments") or {}))
+            elif request["method"] == "resources/read":
+                result = call(lambda client: client.read_resource(params["uri"]))
+            else:
+                return json.dumps({"error": {"code": -32601, "message": f"not forwarded: {request['method']}"}})
+            return json.dumps({"result": result.model_dump(mode="json", by_alias=True, exclude_none=True)})
+
+        page.expose_function("mcpRequest", mcp_request)
+        page.set_content(HOST_PAGE)
+        page.evaluate("html => { document.getElementById('app').srcdoc = html; }", html)
+        app = page.frame_locator("#app")
+        app.locator("#model-name:has-text('MCP host')").wait_for()
+        app.locator("#example-select").select_option("slipper")
+        app.locator("#status:has-text('example slipper loaded')").wait_for()
+        app.locator("#max-tokens").fill("5")
+        app.locator("#run").click()
+        app.locator("#output[data-done='1']").wait_for()
+        app.locator("#overlay-img").wait_for(state="visible")
+        assert app.locator("#error").is_hidden()
+        assert app.locator("#result-tiny").is_visible() and app.locator("#tiny-banner").is_visible()
+        assert app.locator("#timings").text_content().count("slipper") == 1
+        _screenshot(page, tmp_path / "mcp-app.png")
+    log = page.evaluate("window.hostLog")
+    assert log[:2] == ["ui/initialize", "ui/notifications/initialized"]
+    assert forwarded.count("tools/call") == 1 and forwarded.count("resources/read") == 2  # image + mask
+    assert page.problems == []

@@ -997,8 +997,9 @@
     state.model = config.model || null;
     state.segmenter = Boolean(config.segmenter);
     if (config.tools && config.tools.length) state.tools = config.tools;
-    const name = state.model ? state.model.model : "model";
-    $("model-name").textContent = "model: " + name + (state.model && state.model.device ? " on " + state.model.device : "");
+    if (state.model) {
+      $("model-name").textContent = "model: " + state.model.model + (state.model.device ? " on " + state.model.device : "");
+    }
     if (state.model && state.model.tiny_model) showTiny();
     const points = document.querySelector('#modes button[data-mode="points"]');
     points.disabled = !state.segmenter;
@@ -1020,8 +1021,8 @@
       } catch (e) {
         showError("the MCP host did not answer ui/initialize: " + e.message);
       }
-      $("model-name").textContent = "through the MCP host";
       applyServerConfig({ tools: CFG.tools, segmenter: false });
+      $("model-name").textContent = "tools called through the MCP host";
       return;
     }
     const response = await http("/ui/config");
