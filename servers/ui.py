@@ -26,6 +26,7 @@ A segmenter plugs in by giving the engine an async ``segment(request: dict) -> d
 from __future__ import annotations
 
 import json
+import typing
 from collections.abc import Awaitable, Callable
 from functools import cache
 from importlib import resources
@@ -78,8 +79,15 @@ _COMMON_FIELDS = frozenset(ToolRequest.model_fields)
 
 
 def _field_kind(annotation: Any) -> str:
-    text = str(annotation)
-    return "list" if "list" in text else "text"
+    """How the page asks for a request field: ``list`` (one item a line), ``boolean``, ``number`` or ``text``."""
+    kinds = [annotation, *typing.get_args(annotation)]
+    if any(kind is list or typing.get_origin(kind) is list for kind in kinds):
+        return "list"
+    if bool in kinds:
+        return "boolean"
+    if any(kind in (int, float) for kind in kinds):
+        return "number"
+    return "text"
 
 
 def tool_catalog() -> list[dict[str, Any]]:

@@ -358,3 +358,62 @@ def test_mcp_app_calls_tools_through_the_host(tiny_pipeline, page, tmp_path):
     assert log[:2] == ["ui/initialize", "ui/notifications/initialized"]
     assert forwarded.count("tools/call") == 1 and forwarded.count("resources/read") == 2  # image + mask
     assert page.problems == []
+
+
+def test_text_deltas_show_as_they_arrive(page, photo, tmp_path):
+    """Engines that stream text send ``text`` events before the result: the page shows them as they come."""
+    import base64
+
+    import anyio
+    from starlette.applications import Starlette
+    from starlette.responses import StreamingResponse
+    from starlette.routing import Route
+
+    from gar_tools.results import ModelInfo
+    from gar_tools.servers.ui import ui_routes
+
+    release = threading.Event()
+    overlay = io.BytesIO()
+    Image.new("RGB", (48, 32), (200, 30, 30)).save(overlay, format="PNG")
+
+    class Info:
+        async def info(self) -> ModelInfo:
+            return ModelInfo(model="tiny", tiny_model=True, loaded=True)
+
+    def sse(event: str, data: dict) -> str:
+        return f"event: {event}\ndata: {json.dumps(data)}\n\n"
+
+    async def stream(request):
+        async def events():
+            yield sse("progress", {"progress": 0, "total": 3, "message": None})
+            for word in ("alpha ", "beta ", "gamma"):
+                yield sse("text", {"delta": word})
+            await anyio.to_thread.run_sync(release.wait, 60)  # the test reads the partial text first
+            result = {
+                "text": "alpha beta gamma",
+                "regions": [{"id": "r0", "prompt": "<Prompt0>", "box": [1, 2, 3, 4], "area": 4}],
+                "model": "tiny",
+                "tiny_model": True,
+                "timings": {"load_ms": 1, "encode_ms": 2, "generate_ms": 3, "tokens_generated": 3},
+                "overlay_png": base64.b64encode(overlay.getvalue()).decode(),
+            }
+            yield sse("result", result)
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    app = Starlette(
+        routes=[*ui_routes(lambda request: Info(), api="/v1"), Route("/v1/{tool}/stream", stream, methods=["POST"])]
+    )
+    with serve_in_thread(app) as url:
+        _open(page, url, token=None)
+        page.set_input_files("#file-input", str(photo))
+        _drag(page, (0.1, 0.1), (0.3, 0.3))
+        page.click("#run")
+        page.wait_for_selector("#output:has-text('alpha beta gamma')")
+        assert page.get_attribute("#output", "data-done") is None  # still generating: these are the deltas
+        release.set()
+        page.wait_for_selector("#output[data-done='1']")
+        page.wait_for_selector("#overlay-img:visible")
+        _screenshot(page, tmp_path / "text-deltas.png")
+    release.set()
+    assert page.problems == []

@@ -622,6 +622,10 @@
       if (field.kind === "list") {
         const items = el.value.split("\n").map((s) => s.trim()).filter(Boolean);
         if (items.length) request[field.name] = items;
+      } else if (field.kind === "boolean") {
+        if (el.checked || field.required) request[field.name] = el.checked;
+      } else if (field.kind === "number") {
+        if (el.value.trim()) request[field.name] = Number(el.value);
       } else if (el.value.trim()) {
         request[field.name] = el.value.trim();
       }
@@ -725,6 +729,7 @@
   function resetOutput() {
     $("error").hidden = true;
     $("output").textContent = "";
+    delete $("output").dataset.done;
     $("choice").hidden = true;
     $("overlay-img").hidden = true;
     $("timings").hidden = true;
@@ -914,7 +919,7 @@
       label.textContent = field.name + (field.required ? "" : " (optional)") + (field.kind === "list" ? ", one per line" : "");
       label.title = field.description;
       const input = document.createElement(field.kind === "list" || field.name === "question" ? "textarea" : "input");
-      if (input.tagName === "INPUT") input.type = "text";
+      if (input.tagName === "INPUT") input.type = { boolean: "checkbox", number: "number" }[field.kind] || "text";
       else input.rows = field.kind === "list" ? 3 : 2;
       input.id = "field-" + field.name;
       input.placeholder = field.name === "question" ? "What is <r0> doing?" : field.description.split(". ")[0];
@@ -956,7 +961,8 @@
         state.regions = state.regions.filter((r) => call.regions.includes(r.id));
         for (const [key, value] of Object.entries(call.arguments)) {
           const el = $("field-" + key);
-          if (el) el.value = Array.isArray(value) ? value.join("\n") : String(value);
+          if (el && el.type === "checkbox") el.checked = Boolean(value);
+          else if (el) el.value = Array.isArray(value) ? value.join("\n") : String(value);
         }
       }
       $("status").textContent = "example " + name + " loaded";
