@@ -13,7 +13,9 @@ so the same document works
 Routes (every one but ``GET /ui`` needs the bearer token when the server has one; the page itself holds no secret)::
 
     GET  /ui                       the page
-    GET  /ui/config                {"mode", "api", "model": ModelInfo, "segmenter": bool, "tools": [...]}
+    GET  /ui/config                {"mode", "api", "model": ModelInfo, "segmenter": bool, "tools": [...],
+                                   "region_fields": the fields a region may have (``points``, ``segment`` once
+                                   the server's Region model takes them)}
     GET  /ui/examples              the bundled examples: file names, region ids, ready-made arguments (no paths)
     GET  /ui/examples/{file}       one bundled example image or mask (PNG)
     POST /ui/segment               {"image", "points"?, "labels"?, "box"?} -> {"rle": COCO RLE, "score"}; 404 with a
@@ -33,7 +35,7 @@ from importlib import resources
 from typing import Any, Literal
 
 from gar_tools.catalog import ASSETS_DIR
-from gar_tools.inputs import ToolRequest
+from gar_tools.inputs import Region, ToolRequest
 from gar_tools.regions import OVERLAY_PALETTE
 from gar_tools.results import TINY_MODEL_NOTE
 from gar_tools.tools import tools
@@ -173,6 +175,7 @@ def page_html(mode: Literal["http", "mcp-app"], *, api: str = "/v1", token_requi
         "api": api,
         "token_required": token_required,
         "tools": tool_catalog(),
+        "region_fields": list(Region.model_fields),
         "examples": example_manifest(),
         "tiny_model_note": TINY_MODEL_NOTE,
         "examples_uri": "gar://examples/",
@@ -250,6 +253,7 @@ def ui_routes(engine_of: Callable[[Any], Any], *, api: str, token_required: bool
                 "model": info.model_dump(mode="json"),
                 "segmenter": callable(getattr(engine, "segment", None)),
                 "tools": tool_catalog(),
+                "region_fields": list(Region.model_fields),
             }
         )
 

@@ -80,6 +80,7 @@ def test_config_reports_model_tools_and_no_segmenter(worker_client):
     config = worker_client.get("/ui/config", headers=AUTH).json()
     assert config["model"]["model"] == "tiny" and config["model"]["tiny_model"] is True
     assert config["segmenter"] is False
+    assert {"mask", "rle", "polygon", "box"} <= set(config["region_fields"])
     tools = {tool["name"]: tool for tool in config["tools"]}
     assert list(tools) == list(tool_names())
     assert tools["describe_region"]["single_region"] is True

@@ -602,7 +602,14 @@
   function wireRegion(region) {
     const out = { id: region.id };
     const seg = region.segment;
-    if (seg && seg.accepted && seg.rle) out.rle = seg.rle;
+    const accepts = (field) => (state.regionFields || []).includes(field);
+    if (seg && seg.accepted && region.kind === "points" && accepts("points")) {
+      out.points = region.points; // the server segments them again (the same segmenter gave the preview)
+      out.labels = region.labels;
+    } else if (seg && seg.accepted && region.kind === "box" && accepts("segment")) {
+      out.box = region.box;
+      out.segment = true;
+    } else if (seg && seg.accepted && seg.rle) out.rle = seg.rle; // a server whose regions take masks only
     else if (region.kind === "mask") out.mask = region.maskUrl;
     else if (region.kind === "brush") out.mask = maskDataUrl(region.mask);
     else if (region.kind === "polygon") out.polygon = [region.polygon.flat()];
@@ -1002,6 +1009,7 @@
   function applyServerConfig(config) {
     state.model = config.model || null;
     state.segmenter = Boolean(config.segmenter);
+    state.regionFields = config.region_fields || CFG.region_fields || [];
     if (config.tools && config.tools.length) state.tools = config.tools;
     if (state.model) {
       $("model-name").textContent = "model: " + state.model.model + (state.model.device ? " on " + state.model.device : "");
