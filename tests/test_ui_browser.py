@@ -31,6 +31,7 @@ from playwright import sync_api
 from pycocotools import mask as mask_utils
 from server_helpers import free_port
 
+from gar_tools.catalog import ASSETS_DIR
 from gar_tools.engine import LocalEngine
 from gar_tools.servers.mcp_server import create_server, http_app
 from gar_tools.servers.settings import ServeSettings, WorkerSettings, server_policy
@@ -359,8 +360,27 @@ def test_mcp_app_calls_tools_through_the_host(tiny_pipeline, page, tmp_path):
         assert app.locator("#result-tiny").is_visible() and app.locator("#tiny-banner").is_visible()
         assert app.locator("#timings").text_content().count("slipper") == 1
         _screenshot(page, tmp_path / "mcp-app.png")
+        # the host hands the view the result of the agent's own call
+        agent_result = call(
+            lambda client: client.call_tool(
+                "describe_region",
+                {
+                    "image": str(ASSETS_DIR / "demo_image_3.png"),
+                    "region": {"box": [0, 300, 640, 427]},
+                    "max_new_tokens": 3,
+                },
+            )
+        ).model_dump(mode="json", by_alias=True, exclude_none=True)
+        page.evaluate(
+            """params => document.getElementById('app').contentWindow.postMessage(
+                {jsonrpc: '2.0', method: 'ui/notifications/tool-result', params}, '*')""",
+            agent_result,
+        )
+        app.locator(f"#output:has-text('{agent_result['structuredContent']['text']}')").wait_for()
+        assert app.locator("#timings").text_content().count("r0") == 1
     log = page.evaluate("window.hostLog")
     assert log[:2] == ["ui/initialize", "ui/notifications/initialized"]
+    assert "ui/notifications/size-changed" in log
     assert forwarded.count("tools/call") == 1 and forwarded.count("resources/read") == 2  # image + mask
     assert page.problems == []
 

@@ -104,7 +104,9 @@
     if (msg.method === "ui/notifications/tool-input") {
       showToolInput((msg.params || {}).arguments || {});
     } else if (msg.method === "ui/notifications/tool-result") {
-      showResult(callToolResultToResult(msg.params || {}));
+      // the result of the call the agent made (the one this view was opened for)
+      resetOutput();
+      try { showResult(callToolResultToResult(msg.params || {})); } catch (e) { showError(e.message); }
     } else if (msg.id !== undefined) {
       // host requests we have nothing to do for (ping, ui/resource-teardown): answer so the host is not kept waiting
       window.parent.postMessage({ jsonrpc: "2.0", id: msg.id, result: {} }, "*");
@@ -1037,6 +1039,17 @@
       }
       applyServerConfig({ tools: CFG.tools, segmenter: false });
       $("model-name").textContent = "tools called through the MCP host";
+      if (window.ResizeObserver) {
+        // tell the host how tall the view is, so it can size its frame
+        let last = 0;
+        new ResizeObserver(() => {
+          const height = document.documentElement.scrollHeight;
+          if (height !== last) {
+            last = height;
+            bridge.notify("ui/notifications/size-changed", { width: document.documentElement.scrollWidth, height });
+          }
+        }).observe(document.body);
+      }
       return;
     }
     const response = await http("/ui/config");
