@@ -220,6 +220,9 @@ def test_example_brush_polygon_compare_on_the_mcp_http_server(tiny_pipeline, pag
         request = json.loads(_copied(page, "json"))["arguments"]
         kinds = [next(k for k in region if k != "id") for region in request["regions"]]
         assert kinds == ["mask", "mask", "polygon", "mask"]
+        assert [r.get("mask") for r in request["regions"][:2]] == ["demo_mask_3_0.png", "demo_mask_3_1.png"]
+        assert request["regions"][2]["polygon"][0][:2] == pytest.approx([0.05 * 640, 0.75 * 427], abs=3)
+        assert len(request["regions"][2]["polygon"][0]) == 8
         assert request["regions"][3]["mask"].startswith("data:image/png;base64,")
         _screenshot(page, tmp_path / "tennis-compare.png")
     if os.environ.get("GAR_UI_DOCS_SCREENSHOT"):  # refresh the README's picture: GAR_UI_DOCS_SCREENSHOT=docs/...
@@ -260,7 +263,7 @@ def _save_docs_screenshot(shot_path: Path, target: Path) -> None:
         shot = shot.convert("RGB")
         shot.thumbnail((1100, 1100))
         buffer = io.BytesIO()
-        shot.quantize(colors=256).save(buffer, format="PNG", optimize=True)
+        shot.quantize(256, method=Image.Quantize.FASTOCTREE).save(buffer, format="PNG", optimize=True)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(buffer.getvalue())
     assert target.stat().st_size < 400_000

@@ -521,7 +521,8 @@
   }
 
   function closePolygon() {
-    const poly = state.polygon;
+    // a double-click also clicked twice: drop corners that repeat the one before
+    const poly = (state.polygon || []).filter((p, k, all) => !k || Math.hypot(p[0] - all[k - 1][0], p[1] - all[k - 1][1]) > 1);
     state.polygon = null;
     state.hover = null;
     if (poly && poly.length >= 3) newRegion("polygon", { polygon: poly });
@@ -821,7 +822,13 @@
   function requestForCopy() {
     const spec = currentTool();
     const request = buildRequest();
+    // files by name rather than inline: the opened image, the bundled examples' masks (in gar_tools/assets)
     request.image = state.image ? state.image.name : "IMAGE";
+    const regions = spec.single_region ? [request[spec.regions_field]] : request[spec.regions_field] || [];
+    regions.forEach((wire, k) => {
+      const region = state.regions[k];
+      if (wire && wire.mask && region && region.maskName) wire.mask = region.maskName;
+    });
     return { spec, request };
   }
 
@@ -881,6 +888,7 @@
       text = [
         "from gar_tools import GarToolkit",
         "",
+        "# image (and example masks): give the files' paths",
         `request = ${py(request, 0)}`,
         `with GarToolkit(${JSON.stringify(model)}) as toolkit:`,
         `    result = toolkit.run(${JSON.stringify(spec.name)}, request)`,
@@ -957,7 +965,7 @@
           img.onerror = () => reject(new Error("cannot read mask " + r.mask));
           img.src = url;
         });
-        const region = newRegion("mask", { id: r.id, mask: maskCanvas(), maskUrl: url, maskVersion: 1 });
+        const region = newRegion("mask", { id: r.id, mask: maskCanvas(), maskUrl: url, maskName: r.mask, maskVersion: 1 });
         region.mask.getContext("2d").drawImage(el, 0, 0);
         toAlpha(region.mask);
         region.bounds = maskBounds(region.mask);
