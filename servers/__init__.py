@@ -4,6 +4,7 @@
 - :mod:`gar_tools.servers.worker_app`: the HTTP worker (``gar-tools worker``; needs ``gar-tools[server]``)
 - :mod:`gar_tools.servers.settings`: their settings, image policy and tokens (no server framework needed)
 - :mod:`gar_tools.servers.common`: bearer-token middleware, the loopback check, running an ASGI app
+- :mod:`gar_tools.servers.ui`: the region picker page (``GET /ui`` on both HTTP servers) and its MCP App resource
 
 The CLI (:mod:`gar_tools.cli`) parses arguments into settings and calls ``run_server`` / ``run_worker``.
 """
