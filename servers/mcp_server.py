@@ -13,6 +13,8 @@
 - The engine (a local model, or a client of a shared ``gar-tools worker``) lives in the server lifespan.
 - Resources ``gar://guide`` (usage guide), ``gar://examples`` (bundled example images with ready-made calls) and
   ``gar://examples/{filename}`` (the images themselves); prompt ``gar_tour``.
+- The region picker (:mod:`gar_tools.servers.ui`) as an MCP App: resource ``ui://gar-tools/region-picker.html``
+  (``text/html;profile=mcp-app``), linked from every tool's ``_meta.ui.resourceUri``; over HTTP also at ``GET /ui``.
 
 Run it with ``gar-tools serve --transport stdio|http`` (:func:`run_server`) or build it with :func:`create_server`
 and pass it to ``mcp.Client`` in tests.
@@ -49,6 +51,16 @@ from gar_tools.inputs import MAX_REGIONS
 from gar_tools.results import TINY_MODEL_NOTE, ToolResult
 from gar_tools.servers.common import BearerTokenMiddleware, RequestLimitsMiddleware, serve_app
 from gar_tools.servers.settings import ServeSettings
+from gar_tools.servers.ui import (
+    UI_MIME_TYPE,
+    UI_OPEN_PATHS,
+    UI_RESOURCE_URI,
+    page_html,
+    tool_routes,
+    ui_resource_meta,
+    ui_routes,
+    ui_tool_meta,
+)
 from gar_tools.toolkit import GarToolkit
 from gar_tools.tools import ToolName, ToolSpec, tools
 
@@ -192,6 +204,7 @@ def mcp_tool(spec: ToolSpec, policy: ImagePolicy | None = None) -> Tool:
         title=spec.title,
         description=tool_description(spec.name, policy, limit=4000),
         annotations=ToolAnnotations.model_validate({"title": spec.title, **spec.annotations}),
+        meta=ui_tool_meta(),
     )
     metadata = _RequestModelArguments(
         arg_model=tool.fn_metadata.arg_model,
@@ -222,6 +235,7 @@ def create_server(
     """
     settings = settings or ServeSettings()
     policy = settings.policy
+    running: dict[str, GarServerState] = {}  # the lifespan's state, for the /ui routes (HTTP transport)
 
     @asynccontextmanager
     async def lifespan(server: MCPServer[GarServerState]) -> AsyncIterator[GarServerState]:
@@ -236,12 +250,14 @@ def create_server(
                 **settings.engine_kwargs,
             )
         state = GarServerState(toolkit=GarToolkit(engine), settings=settings)
+        running["state"] = state
         if settings.preload:  # in the background: the server answers `initialize` while a model loads
             state.loader = asyncio.create_task(engine.start())
             state.loader.add_done_callback(_log_load_failure)
         try:
             yield state
         finally:
+            running.pop("state", None)
             await state.toolkit.aclose()  # lets a model load still running on the model thread finish
 
     server: MCPServer[GarServerState] = MCPServer(
@@ -255,7 +271,34 @@ def create_server(
         log_level="WARNING",
     )
     _add_resources(server, policy)
+    _add_ui(server, lambda: running.get("state"), token_required=bool(settings.token))
     return server
+
+
+def _add_ui(
+    server: MCPServer[GarServerState], state_of: Callable[[], GarServerState | None], *, token_required: bool
+) -> None:
+    """The region picker: the ``ui://`` MCP App resource, and ``/ui`` routes for the HTTP transport."""
+
+    @server.resource(
+        UI_RESOURCE_URI,
+        name="region_picker",
+        title="GAR region picker",
+        description="Draw regions on an image and run the GAR tools on them (an MCP App for hosts that show them).",
+        mime_type=UI_MIME_TYPE,
+        meta=ui_resource_meta(),
+    )
+    def region_picker() -> str:
+        """The region picker page; it calls the tools through the host (MCP Apps), never over the network."""
+        return page_html("mcp-app")
+
+    def engine_of(request: object) -> Engine | None:
+        state = state_of()
+        return state.toolkit.engine if state is not None else None
+
+    routes = [*ui_routes(engine_of, api="/ui/v1", token_required=token_required), *tool_routes(engine_of, api="/ui/v1")]
+    for route in routes:
+        server.custom_route(route.path, methods=sorted((route.methods or set()) - {"HEAD"}))(route.endpoint)
 
 
 def _add_resources(server: MCPServer[GarServerState], policy: ImagePolicy) -> None:
@@ -356,12 +399,13 @@ def http_app(
     body_timeout_s: float | None = 30.0,
     chunk_timeout_s: float | None = 10.0,
 ) -> ASGIApp:
-    """The streamable-HTTP ASGI app of ``server`` at ``path``, with ``GET /healthz``; bearer token if given.
+    """The streamable-HTTP ASGI app of ``server`` at ``path``, with ``GET /healthz`` and the region picker at
+    ``GET /ui``; bearer token if given.
 
-    With a token, every request but ``/healthz`` needs ``Authorization: Bearer <token>`` (401 otherwise). With
-    ``worker_url`` (a front-end of a ``gar-tools worker``), ``/healthz`` also reports whether the worker answers:
-    ``503`` with ``"worker": "unreachable"`` when it does not. Request bodies must arrive within the body timeouts
-    (408 otherwise); the SDK checks ``Host``, ``Origin``, content type and body size.
+    With a token, every request but ``/healthz`` and the ``/ui`` page needs ``Authorization: Bearer <token>`` (401
+    otherwise). With ``worker_url`` (a front-end of a ``gar-tools worker``), ``/healthz`` also reports whether the
+    worker answers: ``503`` with ``"worker": "unreachable"`` when it does not. Request bodies must arrive within the
+    body timeouts (408 otherwise); the SDK checks ``Host``, ``Origin``, content type and body size.
     """
     from starlette.requests import Request
     from starlette.responses import JSONResponse
@@ -379,5 +423,5 @@ def http_app(
     app: ASGIApp = server.streamable_http_app(streamable_http_path=path, host=host)
     app = RequestLimitsMiddleware(app, body_timeout_s=body_timeout_s, chunk_timeout_s=chunk_timeout_s)
     if token:
-        app = BearerTokenMiddleware(app, token, open_paths={"/healthz"})
+        app = BearerTokenMiddleware(app, token, open_paths={"/healthz", *UI_OPEN_PATHS})
     return app

@@ -10,6 +10,8 @@ Endpoints (JSON in and out, the same pydantic models as the Python API), one pai
                                       then one ``result`` (the result model) or ``error`` event
     GET  /v1/model                    ModelInfo
     GET  /healthz                     {"status": "ok", ...}  (no token needed)
+    GET  /ui, /ui/...                 the region picker page (no token needed for the page itself) and its small
+                                      JSON routes (:mod:`gar_tools.servers.ui`)
 
 Errors are ``{"error": {"type", "message", "field", "reason"}}`` with status 422 for input the caller can fix
 (``InputError``, ``ImageError``, ``RegionError``), 400 for a body that is not a JSON object (or is nested too
@@ -51,6 +53,7 @@ from gar_tools.servers.common import (
     serve_app,
 )
 from gar_tools.servers.settings import WorkerSettings, default_max_body_bytes
+from gar_tools.servers.ui import UI_OPEN_PATHS, ui_routes
 from gar_tools.toolkit import coerce_request
 from gar_tools.tools import ToolName, get_tool
 
@@ -201,9 +204,9 @@ def create_worker_app(
         engine_factory: builds the engine when the app starts instead of a local engine of ``settings.model``
             (e.g. over an already loaded pipeline, in tests).
 
-    With a token, every endpoint but ``/healthz`` requires ``Authorization: Bearer <token>``. Every request is
-    checked first (this is where the hardening lives, for every server that runs this app, Ray Serve included):
-    ``Host`` and ``Origin`` against the allow-lists (421/403), then the token (401), then the body: ``POST``
+    With a token, every endpoint but ``/healthz`` and the ``/ui`` page requires ``Authorization: Bearer <token>``.
+    Every request is checked first (this is where the hardening lives, for every server that runs this app, Ray Serve
+    included): ``Host`` and ``Origin`` against the allow-lists (421/403), then the token (401), then the body: ``POST``
     bodies must be ``application/json`` (415), at most ``settings.max_body_bytes`` (413) and arrive within the
     body timeouts (408). Every error, malformed or too deeply nested JSON and unexpected failures included, is
     answered in the JSON error format.
@@ -230,6 +233,7 @@ def create_worker_app(
         Route("/v1/model", _model, methods=["GET"]),
         Route("/v1/{tool}", _run_tool, methods=["POST"]),
         Route("/v1/{tool}/stream", _stream_tool, methods=["POST"]),
+        *ui_routes(_engine, api="/v1", token_required=bool(settings.token)),
     ]
     app: ASGIApp = Starlette(
         routes=routes,
@@ -244,7 +248,7 @@ def create_worker_app(
         require_json=True,
     )
     if settings.token:
-        app = BearerTokenMiddleware(app, settings.token, open_paths={"/healthz"})
+        app = BearerTokenMiddleware(app, settings.token, open_paths={"/healthz", *UI_OPEN_PATHS})
     hosts = settings.allowed_hosts
     if hosts is None and is_loopback(settings.host):
         hosts = LOOPBACK_HOSTS

@@ -9,8 +9,8 @@ this interface declares.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
-from typing import TypeAlias
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeAlias
 
 from gar_tools.images import ImagePolicy
 from gar_tools.inputs import ToolRequest
@@ -40,6 +40,17 @@ class Engine(ABC):
     @abstractmethod
     async def info(self) -> ModelInfo:
         """Which model this engine serves."""
+
+    async def segment(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        """A segmenter's mask for one prompt, for previews: ``{"image", "points"?, "labels"?, "box"?}`` →
+        ``{"rle": COCO RLE, "score": predicted IoU}``. Engines whose :meth:`info` reports a ``segmenter`` do it.
+
+        Raises:
+            EngineError: when this engine has no segmenter.
+        """
+        from gar_tools.errors import EngineError
+
+        raise EngineError("this server has no segmenter configured (start it with --segmenter, e.g. tiny-sam)")
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Get ready to serve (a local engine loads its model); returns when ready. Never blocks the loop."""

@@ -16,7 +16,7 @@ import asyncio
 import base64
 import json
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from gar_tools.engine.base import Engine, Progress
@@ -240,6 +240,18 @@ class HttpEngine(Engine):
         except self._httpx.HTTPError as exc:
             raise self._unreachable(exc) from exc
         raise EngineError(f"the GAR worker at {self.url} closed the stream without a result")
+
+    async def segment(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        """The worker's segmenter preview (``POST /ui/segment``); a local image path is read here and sent inline."""
+        body = dict(request)
+        if isinstance(body.get("image"), str):
+            body["image"] = _data_uri(
+                await asyncio.to_thread(read_source_bytes, body["image"], self.policy, field="image")
+            )
+        payload = await self._post("/ui/segment", body)
+        if not isinstance(payload, dict):
+            raise EngineError(f"the GAR worker at {self.url} sent a malformed segmentation")
+        return payload
 
     async def info(self) -> ModelInfo:
         try:

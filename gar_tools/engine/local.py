@@ -24,16 +24,19 @@ import asyncio
 import functools
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import pydantic
 from PIL import Image
 
 from gar_tools.engine.base import Engine, Progress
 from gar_tools.engine.scheduler import ContinuousBatcher
+from gar_tools.errors import InputError
 from gar_tools.images import ImagePolicy, load_image
-from gar_tools.inputs import ToolRequest
+from gar_tools.inputs import Region, ToolRequest, validation_error_to_input_error
 from gar_tools.model.decoder import BatchDecoder
 from gar_tools.model.detokenize import TextStream
 from gar_tools.model.modeling import TOKENS_PER_TILE, Geometry
@@ -42,7 +45,7 @@ from gar_tools.model.prompts import SINGLE_REGION_PROMPT_INDEX, prompt_token
 from gar_tools.model.tile_cache import TileFeatureCache, image_digest
 from gar_tools.regions import DecodedRegion, decode_regions, draw_overlay, encode_png_base64, mask_rle
 from gar_tools.results import ModelInfo, RegionInfo, Timings, ToolResult
-from gar_tools.segment.prompts import SegmentPrompt
+from gar_tools.segment.prompts import SegmentPrompt, segment_prompt
 from gar_tools.tools import ToolName, ToolSpec, get_tool
 
 if TYPE_CHECKING:
@@ -272,6 +275,30 @@ class LocalEngine(Engine):
             running=batch["running"],
             segmenter=self.segmenter_name,
         )
+
+    async def segment(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        """The segmenter's mask for one points or box prompt on an image (the region picker's previews)."""
+        if self.segmenter_name is None:
+            return await super().segment(request)
+        data = dict(request)
+        image_source = data.pop("image", None)
+        if not isinstance(image_source, str) or not image_source:
+            raise InputError("give the image as a path, data: URI or base64 string", field="image")
+        if "box" in data:
+            data["segment"] = True
+        try:
+            region = Region.model_validate(data)
+        except pydantic.ValidationError as exc:
+            raise validation_error_to_input_error(exc) from None
+        if region.points is None and not region.segment:
+            raise InputError("give points (with optional labels) or a box to segment", field="region")
+        image = await asyncio.to_thread(load_image, image_source, self.policy, field="image")
+        prompt = segment_prompt(region, image.size, field="region", rid="preview")
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(
+            self._loader, lambda: self._ready() and self.segmenter.segment(image, prompt)
+        )
+        return {"rle": await asyncio.to_thread(mask_rle, result.mask), "score": result.score}
 
     def _segment_regions(self, job: Job) -> None:
         """The segmenter hook (auxiliary thread): replace ``job.regions``' prompts by the segmenter's masks."""
