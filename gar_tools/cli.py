@@ -178,10 +178,53 @@ def _add_segmenter_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_serving_options(parser: argparse.ArgumentParser) -> None:
+    """How a long-running local engine batches and bounds its work (servers only)."""
+    group = parser.add_argument_group("serving (local engine)")
+    group.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="requests decoded together (default 16 on CUDA, 8 on CPU)",
+    )
+    group.add_argument(
+        "--kv-budget-tokens",
+        type=int,
+        default=None,
+        metavar="N",
+        help="tokens (prompt + max_new_tokens) the KV cache holds for running requests; more wait (default: all slots)",
+    )
+    group.add_argument(
+        "--max-queue", type=int, default=64, metavar="N", help="requests waiting at once; more are refused as busy (64)"
+    )
+    group.add_argument(
+        "--tile-cache-mb",
+        type=float,
+        default=None,
+        metavar="MB",
+        help="bound of the per-image tile-feature cache (default 256 on CPU, 2048 on CUDA)",
+    )
+
+
 def _engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    kwargs = {"dtype": args.dtype, "device": args.device, "geometry": args.geometry}
+    kwargs: dict[str, Any] = {"dtype": args.dtype, "device": args.device, "geometry": args.geometry}
     if getattr(args, "segmenter", None) is not None:
         kwargs["segmenter"] = args.segmenter
+    for name in ("max_batch_size", "kv_budget_tokens"):
+        value = getattr(args, name, None)
+        if value is not None:
+            if value < 1:
+                raise InputError(f"must be at least 1, got {value}", field=f"--{name.replace('_', '-')}")
+            kwargs[name] = value
+    if hasattr(args, "max_queue"):
+        if args.max_queue < 0:
+            raise InputError(f"must be 0 or more, got {args.max_queue}", field="--max-queue")
+        kwargs["max_queue"] = args.max_queue
+    if getattr(args, "tile_cache_mb", None) is not None:
+        if args.tile_cache_mb < 0:
+            raise InputError(f"must be 0 or more, got {args.tile_cache_mb}", field="--tile-cache-mb")
+        kwargs["tile_cache_bytes"] = int(args.tile_cache_mb * 2**20)
     return kwargs
 
 
@@ -370,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="environment variable holding the worker's bearer token (with --engine URL)",
     )
     _add_model_options(serve)
+    _add_serving_options(serve)
     _add_segmenter_option(serve)
     serve.set_defaults(handler=_serve)
 
@@ -405,6 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest request body in MiB (default: the image limit as base64 plus 4 MiB)",
     )
     _add_model_options(worker)
+    _add_serving_options(worker)
     _add_segmenter_option(worker)
     worker.set_defaults(handler=_worker)
 
@@ -447,6 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_http_options(ray_serve, port=8001, what="clients")
     _add_policy_options(ray_serve)
     _add_model_options(ray_serve)
+    _add_serving_options(ray_serve)
     ray_serve.set_defaults(handler=_ray_serve)
     return parser
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 
 import numpy as np
 from PIL import Image
 
-__all__ = ["to_rgb"]
+__all__ = ["image_digest", "to_rgb"]
 
 _BLOCK_PIXELS = 1 << 18  # pixels per block when scaling 16/32-bit images: bounds the temporaries (~6 MiB)
 
@@ -54,3 +55,12 @@ def to_rgb(image: Image.Image, *, copy: bool = True) -> Image.Image:
     if mode == "P" and "transparency" in image.info:
         return image.convert("RGBA").convert("RGB")
     return image.convert("RGB")
+
+
+def image_digest(image: Image.Image) -> str:
+    """SHA-256 (hex) of the image's decoded RGB pixels and its size: the key of every per-image cache (file format,
+    metadata and the way the image was sent do not matter)."""
+    rgb = image if image.mode == "RGB" else to_rgb(image)
+    digest = hashlib.sha256(f"{rgb.width}x{rgb.height}:".encode())
+    digest.update(rgb.tobytes())
+    return digest.hexdigest()

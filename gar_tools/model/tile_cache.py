@@ -12,15 +12,14 @@ images, least recently used first. It is meant for the one thread that owns the 
 
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
-from PIL import Image
 
 from gar_tools.model.modeling import GarModel, decode_prompt_map
 from gar_tools.model.processing import PreparedInputs
+from gar_tools.model.rgb import image_digest
 
 __all__ = ["TileFeatureCache", "image_digest", "touched_tiles", "DEFAULT_CPU_BYTES", "DEFAULT_CUDA_BYTES"]
 
@@ -30,14 +29,6 @@ DEFAULT_CPU_BYTES = 256 * 2**20
 DEFAULT_CUDA_BYTES = 2 * 2**30
 
 _CacheKey = tuple[str, tuple[int, int], str, str]
-
-
-def image_digest(image: Image.Image) -> str:
-    """sha256 of the image's decoded RGB pixels and its size (file format, metadata and EXIF do not matter)."""
-    rgb = image if image.mode == "RGB" else image.convert("RGB")
-    digest = hashlib.sha256(f"{rgb.width}x{rgb.height}:".encode())
-    digest.update(rgb.tobytes())
-    return digest.hexdigest()
 
 
 def touched_tiles(prompt_pixel_values: torch.Tensor, prompt_numbers: int) -> torch.Tensor:

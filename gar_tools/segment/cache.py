@@ -8,26 +8,17 @@ this code.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable
 from typing import Any
 
-from PIL import Image
+from gar_tools.model.rgb import image_digest
 
 __all__ = ["ImageValueCache", "image_digest", "value_nbytes", "DEFAULT_CACHE_BYTES"]
 
 DEFAULT_CACHE_BYTES = 256 * 2**20
 """Default bound: 256 MiB (SAM ViT-B's embedding of one image is 4 MiB in fp32; SAM 2's a few times that)."""
-
-
-def image_digest(image: Image.Image) -> str:
-    """SHA-256 (hex) of the image's decoded RGB pixels and size."""
-    rgb = image if image.mode == "RGB" else image.convert("RGB")
-    digest = hashlib.sha256(f"RGB:{rgb.width}x{rgb.height}:".encode())
-    digest.update(rgb.tobytes())
-    return digest.hexdigest()
 
 
 def value_nbytes(value: Any) -> int:
