@@ -11,7 +11,8 @@
 #                                       scheduler, tile cache, the RoI replay Triton kernel)    expected ~1-2 min
 #   2. DATE-roi_replay-DEVICE.json      python benchmarks/roi_replay.py                         expected <1 min
 #   3. DATE-serving-DEVICE.json         python benchmarks/serving.py (old batch-1 generate vs the engine, GAR-1B
-#                                       preset in bf16: build once ~0.5 min, then ~2-3 min)
+#                                       preset in bf16: build once ~0.5 min, then ~2-3 min; if it fails or times
+#                                       out, DATE-serving-DEVICE.partial.json keeps the comparisons it finished)
 #   4. DATE-decode_batching-DEVICE.json python benchmarks/decode_batching.py --preset gar-1b    expected ~1.5-2 min
 # Then a summary of exit codes. Commit the files it wrote (git add benchmarks/results/) and add a README row.
 set -u
@@ -47,9 +48,11 @@ step() {  # step NAME SECONDS OUTFILE COMMAND...: run with a time limit, stdout 
 step gpu_tests 130 "$RESULTS/$DATE-gpu_tests-$DEVICE.txt" \
     "$PYTHON" -m pytest -q -m gpu tests/ -p no:cacheprovider -rA
 step roi_replay 60 "$RESULTS/$DATE-roi_replay-$DEVICE.json" "$PYTHON" benchmarks/roi_replay.py
+PARTIAL="$RESULTS/$DATE-serving-$DEVICE.partial.json"  # the comparisons finished so far, kept if the step fails
 step serving 240 "$RESULTS/$DATE-serving-$DEVICE.json" \
     "$PYTHON" benchmarks/serving.py --only engine_throughput --only time_to_first_token \
-    --only known_image_encode --only batch1_agreement --old-requests 4 --iters 3
+    --only known_image_encode --only batch1_agreement --old-requests 4 --iters 3 --out "$PARTIAL"
+case "${STATUS[serving]}" in "rc=0 "*) rm -f "$PARTIAL" ;; *) if [ -n "${OUT:-}" ] && [ -f "$PARTIAL" ]; then cp "$PARTIAL" "$OUT"/; fi ;; esac
 step decode_batching 130 "$RESULTS/$DATE-decode_batching-$DEVICE.json" \
     "$PYTHON" benchmarks/decode_batching.py --preset gar-1b
 

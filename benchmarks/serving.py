@@ -525,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
     serving.add_argument("--max-batch-size", type=int, default=16, help="engine slots (default 16)")
     serving.add_argument("--max-seq-len", type=int, default=None, help="engine positions per slot (default: auto)")
     serving.add_argument("--agreement-requests", type=int, default=16, help="requests in batch1_agreement")
-    parser.add_argument("--out", default=None, help="also write the JSON to this file")
+    parser.add_argument("--out", default=None, help="also write the JSON to this file (after each comparison)")
     args = parser.parse_args(argv)
     if args.new_tokens is None:
         args.new_tokens = 128
@@ -538,12 +538,17 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "results": {name: COMPARISONS[name](args) for name in (args.only or COMPARISONS)},
+        "results": {},
     }
+    names = args.only or list(COMPARISONS)
+    for name in names:
+        report["results"][name] = COMPARISONS[name](args)
+        if args.out:  # after each comparison, so a run stopped by a time limit keeps what it finished
+            report["complete"] = len(report["results"]) == len(names)
+            Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    report["complete"] = True
     json.dump(report, sys.stdout, indent=2)
     print()
-    if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     return 0
 
 

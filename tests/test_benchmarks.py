@@ -38,7 +38,7 @@ def test_serving_old_path_vs_engine_smallest_configuration(tmp_path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout)
     assert json.loads(out.read_text()) == report
-    assert {"argv", "torch", "cuda", "results"} <= report.keys()
+    assert {"argv", "torch", "cuda", "results"} <= report.keys() and report["complete"] is True
     known = report["results"]["known_image_encode"]
     assert {"device", "preset", "dtype", "first_question_encode", "second_question_encode", "speedup"} <= known.keys()
     assert known["device"].startswith("cpu (") and known["preset"] == "tiny"
