@@ -81,7 +81,455 @@ def segmenter_cost(args: argparse.Namespace) -> dict[str, Any]:
         toolkit.close()
 
 
-COMPARISONS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {"segmenter_cost": segmenter_cost}
+# ---------------------------------------------------------------------------------------------------------------
+# Old path (batch 1, ``GarPipeline.generate``) vs the new engine (LocalEngine: continuous batching, static KV cache,
+# tile-feature cache), in the same run over the same loaded pipeline.
+# ---------------------------------------------------------------------------------------------------------------
+
+_STATE: dict[str, Any] = {}
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _device_name() -> str:
+    import os
+
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+
+
+def _pipeline(args: argparse.Namespace) -> Any:
+    """The model of the serving comparisons, built and loaded once per run: ``tiny`` (fp32) without CUDA; on CUDA
+    the ``--preset`` (default ``gar-1b``: random weights at GAR-1B's dimensions) in bf16, built once into
+    ``$GAR_TOOLS_CACHE/bench-PRESET`` (reused by later runs)."""
+    if "pipeline" in _STATE:
+        return _STATE["pipeline"]
+    import torch
+
+    from gar_tools.model import load
+    from gar_tools.model.tiny import _cache_root, build_tiny_checkpoint
+
+    cuda = _cuda() and args.device != "cpu"
+    preset = args.preset or ("gar-1b" if cuda else "tiny")
+    start = time.perf_counter()
+    if preset == "tiny":
+        pipeline = load("tiny", device="cuda" if cuda else "cpu", dtype=args.dtype or ("bf16" if cuda else "fp32"))
+    else:
+        folder = _cache_root() / f"bench-{preset}"
+        if not (folder / "tokenizer.json").is_file():
+            build_tiny_checkpoint(folder, preset=preset, device="cuda" if cuda else "cpu", dtype=torch.bfloat16)
+        pipeline = load(folder, device="cuda" if cuda else "cpu", dtype=args.dtype or ("bf16" if cuda else "fp32"))
+    _STATE.update(pipeline=pipeline, preset=preset, build_and_load_s=round(time.perf_counter() - start, 1))
+    return pipeline
+
+
+def _model_info(args: argparse.Namespace) -> dict[str, Any]:
+    pipeline = _pipeline(args)
+    return {
+        "preset": _STATE["preset"],
+        "device": _device_name(),
+        "dtype": str(pipeline.dtype).removeprefix("torch."),
+        "build_and_load_s": _STATE["build_and_load_s"],
+    }
+
+
+def _image_file(side: int, seed: int) -> str:
+    """A random-content PNG of ``side`` × ``side`` pixels (distinct per seed, so the tile cache never helps
+    across images), written once into a temporary folder kept for the run."""
+    import tempfile
+
+    folder = _STATE.setdefault("images", Path(tempfile.mkdtemp(prefix="gar-serving-bench-")))
+    path = folder / f"{side}-{seed}.png"
+    if not path.is_file():
+        rng = np.random.default_rng(seed)
+        small = rng.integers(0, 256, (side // 32 + 1, side // 32 + 1, 3), dtype=np.uint8)
+        Image.fromarray(small).resize((side, side), Image.BILINEAR).save(path)
+    return str(path)
+
+
+def _box(side: int, k: int, frac: float = 0.12) -> list[float]:
+    """A small box (``frac`` of the side), placed by ``k`` so requests differ."""
+    size = side * frac
+    x = (37 * k) % int(side - size - 1)
+    y = (53 * k + 11) % int(side - size - 1)
+    return [float(x), float(y), float(x + size), float(y + size)]
+
+
+def _request(side: int, seed: int, k: int, new_tokens: int) -> dict[str, Any]:
+    return {"image": _image_file(side, seed), "region": {"box": _box(side, k)}, "max_new_tokens": new_tokens}
+
+
+def _sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _peak_reset() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak() -> dict[str, float]:
+    """Peak memory since :func:`_peak_reset`: CUDA allocator peak; on CPU the process's max RSS (process-wide and
+    never decreasing: it covers everything the run did so far)."""
+    import resource
+
+    import torch
+
+    out = {"max_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if torch.cuda.is_available():
+        out["cuda_max_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return out
+
+
+def _old_call(pipeline: Any, request: dict[str, Any], new_tokens: int | None = None) -> Any:
+    """The old path for one request: read and check it as the engine does, ``prepare``, then batch-1 ``generate``."""
+    from gar_tools.engine.local import build_job
+    from gar_tools.images import ImagePolicy
+    from gar_tools.toolkit import coerce_request
+
+    job = build_job("describe_region", coerce_request("describe_region", request), ImagePolicy())
+    prepared = pipeline.prepare(job.image, [r.mask for r in job.regions], job.question)
+    return pipeline.generate(prepared, max_new_tokens=new_tokens or request["max_new_tokens"]), prepared
+
+
+def _engine(args: argparse.Namespace, pipeline: Any) -> Any:
+    from gar_tools.engine.local import LocalEngine
+
+    return LocalEngine(
+        pipeline=pipeline,
+        max_batch_size=args.max_batch_size,
+        max_queue=max(64, 2 * max(args.concurrency)),
+        max_seq_len=args.max_seq_len,
+    )
+
+
+def _run_engine(engine: Any, requests: list[dict[str, Any]]) -> tuple[float, list[Any], list[float]]:
+    """All ``requests`` at once through ``engine`` (asyncio): wall seconds, results, per-request first-token ms.
+    Each request's ``(seconds since start, tokens so far)`` progress marks are kept in ``_STATE["marks"]``."""
+    import asyncio
+
+    from gar_tools.toolkit import coerce_request
+
+    marks: list[list[tuple[float, float]]] = []
+
+    async def one(request: dict[str, Any], t0: float) -> tuple[Any, float]:
+        seen: list[tuple[float, float]] = []
+        marks.append(seen)
+
+        async def progress(done: float, total: float | None, delta: str | None) -> None:
+            seen.append((time.perf_counter() - t0, done))
+
+        result = await engine.run("describe_region", coerce_request("describe_region", request), progress)
+        first = next((s for s, done in seen if done >= 1), float("nan"))
+        return result, first * 1000
+
+    async def main() -> tuple[float, list[Any], list[float]]:
+        await engine.start()
+        t0 = time.perf_counter()
+        pairs = await asyncio.gather(*(one(r, t0) for r in requests))
+        _sync()
+        wall = time.perf_counter() - t0
+        return wall, [p[0] for p in pairs], [p[1] for p in pairs]
+
+    out = asyncio.run(main())
+    _STATE["marks"] = marks
+    return out
+
+
+def _steady_decode_rate(marks: list[list[tuple[float, float]]]) -> float | None:
+    """Tokens/s of all requests together while every one of them is decoding: from the last request's first
+    token to the first request's last token (None when they never all decode at once)."""
+    if not marks or any(len(m) < 2 for m in marks):
+        return None
+    begin, end = max(m[0][0] for m in marks), min(m[-1][0] for m in marks)
+    if end - begin <= 0:
+        return None
+
+    def done_at(m: list[tuple[float, float]], when: float) -> float:
+        return max((done for s, done in m if s <= when), default=0.0)
+
+    tokens = sum(done_at(m, end) - done_at(m, begin) for m in marks)
+    return tokens / (end - begin)
+
+
+def _close(engine: Any) -> None:
+    engine.close()
+
+
+def engine_throughput(args: argparse.Namespace) -> dict[str, Any]:
+    """Aggregate tokens/s: the old path (requests one after another, batch-1 ``generate``) vs the new engine with
+    N requests submitted at once, for each N in ``--concurrency``. Every request is a small box on its own
+    random image (so the tile cache does not help), ``--new-tokens`` tokens asked; tokens actually generated are
+    counted (a request may stop at EOS). The old path is sequential, so its tokens/s does not depend on N: it is
+    measured once over ``--old-requests`` requests. ``new_tokens_per_s`` is end to end (submit → last result:
+    reading, ``prepare``, vision tower, prefill and decode); ``new_steady_decode_tokens_per_s`` counts only the
+    time when all N requests are decoding together."""
+    pipeline = _pipeline(args)
+    side, new = args.image_size, args.new_tokens
+    levels = sorted(args.concurrency)
+    _old_call(pipeline, _request(side, 999, 0, new), 4)  # warm-up
+    _peak_reset()
+    old_tokens, start = 0, time.perf_counter()
+    old_n = args.old_requests or max(levels)
+    for i in range(old_n):
+        generation, _ = _old_call(pipeline, _request(side, 1000 + i, i, new))
+        old_tokens += len(generation.token_ids)
+    _sync()
+    old_s = time.perf_counter() - start
+    old_tps = old_tokens / old_s
+    old_peak = _peak()
+    engine = _engine(args, pipeline)
+    rows = []
+    try:
+        _run_engine(engine, [_request(side, 998, 1, 4)])  # warm-up (allocates the KV cache)
+        _peak_reset()
+        for n in levels:
+            wall, results, ttft = _run_engine(engine, [_request(side, 2000 + 100 * n + i, i, new) for i in range(n)])
+            tokens = sum(r.timings.tokens_generated for r in results)
+            steady = _steady_decode_rate(_STATE["marks"])
+            row = {
+                "concurrent": n,
+                "new_tokens_generated": tokens,
+                "wall_s": round(wall, 3),
+                "old_tokens_per_s": round(old_tps, 1),
+                "new_tokens_per_s": round(tokens / wall, 1),
+                "new_steady_decode_tokens_per_s": None if steady is None else round(steady, 1),
+                "speedup": round(tokens / wall / old_tps, 2),
+                "new_ttft_ms_median": round(statistics.median(ttft), 1),
+                "new_queue_ms_median": round(statistics.median(r.timings.queue_ms for r in results), 1),
+            }
+            if n == 1:  # decode-only rate of one sequence (first token excluded)
+                t = results[0].timings
+                decode_ms = t.generate_ms - t.prefill_ms
+                row["new_batch1_decode_tokens_per_s"] = (
+                    round((t.tokens_generated - 1) / decode_ms * 1000, 1) if decode_ms > 0 else None
+                )
+            rows.append(row)
+        new_peak = _peak()
+    finally:
+        _close(engine)
+    by_n = {row["concurrent"]: row for row in rows}
+    cuda = pipeline.device.type == "cuda"
+    targets: dict[str, Any] = {}
+    if cuda:
+        b1 = by_n.get(1, {}).get("new_batch1_decode_tokens_per_s")
+        targets["gpu_batch1_decode_ge_600_tokens_per_s"] = None if b1 is None else b1 >= 600
+        t16 = by_n.get(16, {}).get("new_tokens_per_s")
+        targets["gpu_16_concurrent_ge_2000_tokens_per_s"] = None if t16 is None else t16 >= 2000
+        d16 = by_n.get(16, {}).get("new_steady_decode_tokens_per_s")  # decode only, all 16 running
+        targets["gpu_16_concurrent_steady_decode_ge_2000_tokens_per_s"] = None if d16 is None else d16 >= 2000
+    else:
+        s8 = by_n.get(8, {}).get("speedup")
+        targets["cpu_8_concurrent_ge_3x_sequential"] = None if s8 is None else s8 >= 3
+    return {
+        **_model_info(args),
+        "image": f"{side}x{side} random, one per request; region: a box of 12% of the side",
+        "max_new_tokens": new,
+        "max_batch_size": args.max_batch_size,
+        "old": {
+            "path": "sequential GarPipeline.generate (batch 1)",
+            "requests": old_n,
+            "tokens_generated": old_tokens,
+            "wall_s": round(old_s, 3),
+            "tokens_per_s": round(old_tps, 1),
+            "peak_memory": old_peak,
+        },
+        "new": {"path": "LocalEngine, N requests at once (asyncio)", "rows": rows, "peak_memory": new_peak},
+        "targets_met": targets,
+    }
+
+
+def time_to_first_token(args: argparse.Namespace) -> dict[str, Any]:
+    """Time to first token of one request on an idle engine, for a ``--ttft-image-size`` image (default 1792: a
+    4×4 grid + thumbnail = 17 tiles) never seen before (cold tile cache), through the progress callback (the
+    first token, whatever its text; ``astream`` yields the first non-empty text delta, reported too). The old
+    path's: ``prepare`` + ``generate(max_new_tokens=1)``."""
+    import asyncio
+
+    pipeline = _pipeline(args)
+    side = args.ttft_image_size
+    engine = _engine(args, pipeline)
+    toolkit_first: list[float] = []
+    try:
+        _run_engine(engine, [_request(side, 3000, 0, 2)])  # warm-up at this image size
+        new_ms, encode, prefill = [], [], []
+        for i in range(args.iters):
+            _wall, results, first = _run_engine(engine, [_request(side, 3001 + i, i, 2)])
+            new_ms.append(first[0])
+            encode.append(results[0].timings.encode_ms)
+            prefill.append(results[0].timings.prefill_ms)
+
+        from gar_tools.toolkit import GarToolkit
+
+        toolkit = GarToolkit(engine)
+
+        async def stream_first(request: dict[str, Any]) -> float:
+            t0 = time.perf_counter()
+            async for item in toolkit.astream("describe_region", **request):
+                if isinstance(item, str):
+                    return (time.perf_counter() - t0) * 1000
+            return float("nan")
+
+        for i in range(args.iters):
+            toolkit_first.append(asyncio.run(stream_first(_request(side, 3100 + i, i, 8))))
+    finally:
+        _close(engine)
+    _old_call(pipeline, _request(side, 3200, 0, 1), 1)  # warm-up
+    old_ms = []
+    for i in range(args.iters):
+        start = time.perf_counter()
+        _old_call(pipeline, _request(side, 3201 + i, i, 1), 1)
+        _sync()
+        old_ms.append((time.perf_counter() - start) * 1000)
+    cuda = pipeline.device.type == "cuda"
+    median_new = statistics.median(new_ms)
+    tiles = _tiles(pipeline, side)
+    return {
+        **_model_info(args),
+        "image": f"{side}x{side} random, new each call (cold tile cache)",
+        "tiles": tiles,
+        "old_prepare_plus_generate_1_token": _ms(old_ms),
+        "new_first_token_via_progress": _ms(new_ms),
+        "new_encode_ms_median": round(statistics.median(encode), 2),
+        "new_prefill_ms_median": round(statistics.median(prefill), 2),
+        "new_first_text_delta_via_astream": _ms(toolkit_first),
+        "targets_met": {"gpu_ttft_le_100_ms_17_tiles": (median_new <= 100 and tiles == 17) if cuda else None},
+    }
+
+
+def _tiles(pipeline: Any, side: int) -> int:
+    """Tiles (thumbnail included) the processor cuts a ``side`` × ``side`` image into."""
+    prepared = pipeline.prepare(Image.new("RGB", (side, side)), [np.ones((side, side), dtype=bool)], None)
+    return int(prepared.pixel_values.shape[0])
+
+
+def known_image_encode(args: argparse.Namespace) -> dict[str, Any]:
+    """encode_ms (result timings: ``prepare`` + vision tower + RoI replay) of a first question on an image vs a
+    second one, with another small region, on the same image: the second reuses the tile features of every tile
+    its region does not touch. The breakdown (measured apart, same inputs): ``prepare`` (the processor's pixel and
+    mask tiles, not cached) and the model part (tile features through the engine's tile cache + replay)."""
+    pipeline = _pipeline(args)
+    side = args.image_size
+    engine = _engine(args, pipeline)
+    first, second, prep, model_first, model_second = [], [], [], [], []
+    try:
+        _run_engine(engine, [_request(side, 4000, 0, 2)])  # warm-up
+        for i in range(args.iters):
+            seed = 4001 + i
+            _w, (a,), _f = _run_engine(engine, [_request(side, seed, 0, 2)])
+            _w, (b,), _f = _run_engine(engine, [_request(side, seed, 5, 2)])
+            first.append(a.timings.encode_ms)
+            second.append(b.timings.encode_ms)
+        runtime = engine._ready()  # noqa: SLF001 - the breakdown needs the engine's tile cache
+        import torch
+
+        from gar_tools.model.tile_cache import image_digest
+
+        image = Image.open(_image_file(side, 4100)).convert("RGB")
+        digest = image_digest(image)
+        for k, into in ((0, model_first), (5, model_second)):
+            mask = np.zeros((side, side), dtype=bool)
+            x0, y0, x1, y1 = (int(v) for v in _box(side, k))
+            mask[y0:y1, x0:x1] = True
+            start = time.perf_counter()
+            prepared = pipeline.prepare(image, [mask], None)
+            prep.append((time.perf_counter() - start) * 1000)
+            start = time.perf_counter()
+            with torch.no_grad():
+                pipeline.embed(prepared, runtime.tiles.image_features(pipeline.model, prepared, digest))
+            _sync()
+            into.append((time.perf_counter() - start) * 1000)
+    finally:
+        _close(engine)
+    ratio = statistics.median(first) / max(statistics.median(second), 1e-9)
+    cuda = pipeline.device.type == "cuda"
+    return {
+        **_model_info(args),
+        "image": f"{side}x{side} random, tiles: {_tiles(pipeline, side)}; regions: boxes of 12% of the side",
+        "first_question_encode": _ms(first),
+        "second_question_encode": _ms(second),
+        "speedup": round(ratio, 2),
+        "breakdown_one_image": {
+            "prepare_ms": [round(v, 1) for v in prep],
+            "model_first_ms": round(model_first[0], 1),
+            "model_second_ms": round(model_second[0], 1),
+            "model_speedup": round(model_first[0] / max(model_second[0], 1e-9), 2),
+        },
+        "targets_met": {("gpu" if cuda else "cpu") + "_second_question_encodes_ge_3x_faster": ratio >= 3},
+    }
+
+
+def batch1_agreement(args: argparse.Namespace) -> dict[str, Any]:
+    """The share of requests whose token ids, decoded together (``--agreement-requests`` at once through the
+    engine's scheduler, as ``LocalEngine.run`` submits them), equal batch-1 ``generate``'s. Reported as measured
+    (on CUDA in bf16 batched kernels may round differently); the first differing position is listed per request."""
+    pipeline = _pipeline(args)
+    side, new, n = args.image_size, args.new_tokens, args.agreement_requests
+    engine = _engine(args, pipeline)
+    try:
+        runtime = engine._ready()  # noqa: SLF001 - the token ids are not in the tool results
+        items = []
+        for i in range(n):
+            generation, prepared = _old_call(pipeline, _request(side, 5000 + i, i, new))
+            items.append((generation.token_ids, prepared))
+
+        handles = []
+        for i, (_ids, prepared) in enumerate(items):
+            digest = f"agreement-{i}"  # one image per request: its own tile-cache key
+            handles.append(
+                runtime.batcher.submit(
+                    (
+                        lambda p=prepared, d=digest: pipeline.embed(
+                            p, runtime.tiles.image_features(pipeline.model, p, d)
+                        )
+                    ),
+                    max_new_tokens=new,
+                    eos_token_ids=runtime.eos_token_ids,
+                )
+            )
+        outputs = [h.result(timeout=600) for h in handles]
+    finally:
+        _close(engine)
+    rows, equal = [], 0
+    for (old_ids, _p), out in zip(items, outputs, strict=True):
+        same = list(out.token_ids) == list(old_ids)
+        equal += same
+        mismatch = next((k for k, (a, b) in enumerate(zip(old_ids, out.token_ids, strict=False)) if a != b), None)
+        if mismatch is None and not same:
+            mismatch = min(len(old_ids), len(out.token_ids))
+        rows.append(
+            {"equal": same, "old_tokens": len(old_ids), "new_tokens": len(out.token_ids), "first_diff": mismatch}
+        )
+    cuda = pipeline.device.type == "cuda"
+    return {
+        **_model_info(args),
+        "requests": n,
+        "max_new_tokens": new,
+        "share_equal_to_batch1": round(equal / n, 3),
+        "requests_detail": rows,
+        "targets_met": {"all_equal_to_batch1": equal == n, "cuda_bf16": cuda},
+    }
+
+
+COMPARISONS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+    "segmenter_cost": segmenter_cost,
+    "engine_throughput": engine_throughput,
+    "time_to_first_token": time_to_first_token,
+    "known_image_encode": known_image_encode,
+    "batch1_agreement": batch1_agreement,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,17 +540,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when available)")
     parser.add_argument("--iters", type=int, default=3, help="timed calls per variant (default 3)")
     parser.add_argument("--max-new-tokens", type=int, default=8, help="tokens per call (default 8)")
+    serving = parser.add_argument_group(
+        "old path vs engine (engine_throughput, time_to_first_token, known_image_encode, batch1_agreement)"
+    )
+    serving.add_argument("--preset", default=None, help="size preset: tiny (CPU default), gar-1b (CUDA default)")
+    serving.add_argument("--dtype", default=None, help="fp32 (CPU default) or bf16 (CUDA default)")
+    serving.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16], help="requests at once")
+    serving.add_argument("--new-tokens", type=int, default=None, help="max_new_tokens, old and new (default 128)")
+    serving.add_argument("--old-requests", type=int, default=None, help="sequential old-path requests (default max N)")
+    serving.add_argument("--image-size", type=int, default=896, help="square image side (default 896: 2x2 + thumb)")
+    serving.add_argument("--ttft-image-size", type=int, default=1792, help="default 1792: 4x4 + thumbnail = 17 tiles")
+    serving.add_argument("--max-batch-size", type=int, default=16, help="engine slots (default 16)")
+    serving.add_argument("--max-seq-len", type=int, default=None, help="engine positions per slot (default: auto)")
+    serving.add_argument("--agreement-requests", type=int, default=16, help="requests in batch1_agreement")
+    parser.add_argument("--out", default=None, help="also write the JSON to this file (after each comparison)")
     args = parser.parse_args(argv)
+    if args.new_tokens is None:
+        args.new_tokens = 128
     import torch
     import transformers
 
     report: dict[str, Any] = {
+        "argv": sys.argv[1:] if argv is None else list(argv),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "results": {name: COMPARISONS[name](args) for name in (args.only or COMPARISONS)},
+        "results": {},
     }
+    names = args.only or list(COMPARISONS)
+    for name in names:
+        report["results"][name] = COMPARISONS[name](args)
+        if args.out:  # after each comparison, so a run stopped by a time limit keeps what it finished
+            report["complete"] = len(report["results"]) == len(names)
+            Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    report["complete"] = True
     json.dump(report, sys.stdout, indent=2)
     print()
     return 0

@@ -45,6 +45,7 @@ from gar_tools.model.prompts import SINGLE_REGION_PROMPT_INDEX, prompt_token
 from gar_tools.model.tile_cache import TileFeatureCache, image_digest
 from gar_tools.regions import DecodedRegion, decode_regions, draw_overlay, encode_png_base64, mask_rle
 from gar_tools.results import ModelInfo, RegionInfo, Timings, ToolResult
+from gar_tools.segment.cache import ImageValueCache
 from gar_tools.segment.prompts import SegmentPrompt, segment_prompt
 from gar_tools.tools import ToolName, ToolSpec, get_tool
 
@@ -143,6 +144,8 @@ class _Runtime:
             prefill_chunk_tokens=settings["prefill_chunk_tokens"],
         ).start()
         self.tiles = TileFeatureCache(settings["tile_cache_bytes"], device=pipeline.device)
+        # uint8 resized tiles per image (host memory), bounded like the feature cache
+        self.image_tiles = ImageValueCache(self.tiles.max_bytes)
         tokenizer = pipeline.processor.tokenizer
         self.eos_token_ids = [tokenizer.eos_token_id]
 
@@ -270,7 +273,7 @@ class LocalEngine(Engine):
             kv_budget_tokens=batch["kv_budget_tokens"],
             kv_cache_bytes=batch["kv_cache_bytes"],
             tile_cache_max_bytes=tiles["max_bytes"],
-            tile_cache_bytes=tiles["bytes"],
+            tile_cache_bytes=tiles["bytes"] + runtime.image_tiles.nbytes,
             queued=batch["queued"],
             running=batch["running"],
             segmenter=self.segmenter_name,
@@ -325,8 +328,13 @@ class LocalEngine(Engine):
 
         def prepare() -> tuple[Any, str, float]:
             begin = time.perf_counter()
-            prepared = pipeline.prepare(job.image, [r.mask for r in job.regions], job.question)
-            return prepared, image_digest(job.image), (time.perf_counter() - begin) * 1000
+            digest = image_digest(job.image)
+            tiles = runtime.image_tiles.get(digest)  # the resized image of an earlier question on this image
+            if tiles is None:
+                tiles = pipeline.processor.image_tiles(job.image)
+                runtime.image_tiles.put(digest, tiles)
+            prepared = pipeline.prepare(job.image, [r.mask for r in job.regions], job.question, image_tiles=tiles)
+            return prepared, digest, (time.perf_counter() - begin) * 1000
 
         prepared, digest, prepare_ms = await asyncio.to_thread(prepare)
         stream = TextStream(pipeline.processor.tokenizer)

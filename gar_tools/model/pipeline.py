@@ -65,10 +65,17 @@ class GarPipeline:
     def dtype(self) -> torch.dtype:
         return self.model.dtype
 
-    def prepare(self, image: Image.Image, masks: Sequence[np.ndarray], question: str | None = None) -> PreparedInputs:
+    def prepare(
+        self,
+        image: Image.Image,
+        masks: Sequence[np.ndarray],
+        question: str | None = None,
+        *,
+        image_tiles: torch.Tensor | None = None,
+    ) -> PreparedInputs:
         """See :meth:`GarProcessor.prepare`: list index ``k`` is ``<Prompt{k}>``; ``question=None`` with one mask
         is the single-region describe prompt (region in slot ``<Prompt1>``)."""
-        return self.processor.prepare(image, masks, question)
+        return self.processor.prepare(image, masks, question, image_tiles=image_tiles)
 
     def image_features(self, prepared: PreparedInputs) -> torch.Tensor:
         """[1 + T, 256, hidden] projected features of thumbnail and tiles with the region masks added."""

@@ -323,10 +323,16 @@ class GarProcessor:
     def tile_grid(self, image_size: tuple[int, int]) -> tuple[int, int]:
         return select_tile_grid(image_size[0], image_size[1], self.tile_size, self.max_num_tiles)
 
-    def pixel_values(self, image: Image.Image) -> torch.Tensor:
-        """[1 + T, 3, 448, 448] thumbnail + tiles of an RGB image (bicubic, see :mod:`gar_tools.model.tiling`)."""
+    def image_tiles(self, image: Image.Image) -> torch.Tensor:
+        """uint8 [1 + T, 3, 448, 448] thumbnail + tiles of an RGB image (bicubic, see :mod:`gar_tools.model.tiling`):
+        they depend only on the image (and this checkpoint's settings), so callers may keep them for the next
+        question on the same image."""
         grid = self.tile_grid(image.size)
-        tiles = tile_uint8(image_to_uint8_tensor(np.asarray(image)), grid, self.tile_size, "bicubic")
+        return tile_uint8(image_to_uint8_tensor(np.asarray(image)), grid, self.tile_size, "bicubic")
+
+    def pixel_values(self, image: Image.Image, image_tiles: torch.Tensor | None = None) -> torch.Tensor:
+        """[1 + T, 3, 448, 448] normalized thumbnail + tiles of an RGB image (from ``image_tiles`` when given)."""
+        tiles = self.image_tiles(image) if image_tiles is None else image_tiles
         return normalize_tiles(tiles, self.image_mean, self.image_std)
 
     def prompt_pixel_values(self, prompt_map: np.ndarray) -> torch.Tensor:
@@ -427,12 +433,22 @@ class GarProcessor:
         """The user turn's text (slots written as tokens), as :meth:`prompt_parts` joined."""
         return "".join(p if isinstance(p, str) else p.text for p in self.prompt_parts(prompt_indices, question))
 
-    def prepare(self, image: Image.Image, masks: Sequence[np.ndarray], question: str | None = None) -> PreparedInputs:
+    def prepare(
+        self,
+        image: Image.Image,
+        masks: Sequence[np.ndarray],
+        question: str | None = None,
+        *,
+        image_tiles: torch.Tensor | None = None,
+    ) -> PreparedInputs:
         """GAR's inputs for ``image`` and boolean H×W ``masks``.
 
         List index ``k`` is region ``<Prompt{k}>``. ``question=None`` with one mask is upstream's single-region
         describe prompt, which puts that region in slot ``<Prompt1>``. Otherwise ``question`` names regions as
         ``<PromptK>`` and is used as is.
+
+        ``image_tiles``: this image's uint8 tiles from :meth:`image_tiles`, kept from an earlier question on the same
+        image, to skip resizing it again.
         """
         if image.mode != "RGB":
             image = to_rgb(image)
@@ -461,7 +477,7 @@ class GarProcessor:
         prompt_indices = [SINGLE_REGION_PROMPT_INDEX] if question is None else list(range(count))
 
         grid = self.tile_grid((width, height))
-        pixel_values = self.pixel_values(image)
+        pixel_values = self.pixel_values(image, image_tiles)
         prompt_map = visual_prompt_map(bool_masks, prompt_indices, self.config.prompt_numbers)
         prompt_pixel_values = self.prompt_pixel_values(prompt_map)
         if pixel_values.shape[0] != 1 + grid[0] * grid[1]:

@@ -33,7 +33,8 @@ _CacheKey = tuple[str, tuple[int, int], str, str]
 
 def touched_tiles(prompt_pixel_values: torch.Tensor, prompt_numbers: int) -> torch.Tensor:
     """Bool ``[1 + T]``: which of thumbnail and tiles hold any region pixel, decoded as the model decodes them."""
-    return decode_prompt_map(prompt_pixel_values, prompt_numbers).flatten(1).any(dim=1).cpu()
+    first_channel = prompt_pixel_values[:, :1]  # the map is the same on all three channels
+    return decode_prompt_map(first_channel, prompt_numbers).flatten(1).any(dim=1).cpu()
 
 
 @dataclass

@@ -1,0 +1,72 @@
+"""Smoke runs of the benchmark scripts on CPU: they run and print the JSON keys they promise (no speed targets:
+benchmarks are scripts; their figures are in benchmarks/results/)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CPU_ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+
+
+def _run(script: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *args],
+        env=CPU_ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+def test_serving_old_path_vs_engine_smallest_configuration(tmp_path) -> None:
+    out = tmp_path / "serving.json"
+    proc = _run(
+        "serving.py",
+        *("--only", "known_image_encode", "--only", "engine_throughput"),
+        *("--concurrency", "1", "2", "--old-requests", "1", "--new-tokens", "3", "--iters", "1"),
+        *("--image-size", "448", "--out", str(out)),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert json.loads(out.read_text()) == report
+    assert {"argv", "torch", "cuda", "results"} <= report.keys() and report["complete"] is True
+    known = report["results"]["known_image_encode"]
+    assert {"device", "preset", "dtype", "first_question_encode", "second_question_encode", "speedup"} <= known.keys()
+    assert known["device"].startswith("cpu (") and known["preset"] == "tiny"
+    assert isinstance(known["targets_met"]["cpu_second_question_encodes_ge_3x_faster"], bool)
+    throughput = report["results"]["engine_throughput"]
+    assert throughput["old"]["requests"] == 1 and throughput["old"]["tokens_generated"] >= 1
+    assert [row["concurrent"] for row in throughput["new"]["rows"]] == [1, 2]
+    for row in throughput["new"]["rows"]:
+        assert {"old_tokens_per_s", "new_tokens_per_s", "new_steady_decode_tokens_per_s", "speedup"} <= row.keys()
+    assert "new_batch1_decode_tokens_per_s" in throughput["new"]["rows"][0]
+    assert "max_rss_mib" in throughput["new"]["peak_memory"]
+    assert set(throughput["targets_met"]) == {"cpu_8_concurrent_ge_3x_sequential"}  # None: 8 was not run
+
+
+def test_gpu_check_script_names_existing_scripts_and_flags() -> None:
+    """benchmarks/gpu_check.sh is bash-valid, and each script and --flag it passes exists (checked via --help)."""
+    script = ROOT / "benchmarks" / "gpu_check.sh"
+    text = script.read_text()
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    assert "-m pytest -q -m gpu tests/" in text
+    commands = re.findall(r"benchmarks/(\w+\.py)((?:\\\n|[^\n])*)", text)
+    assert {name for name, _ in commands} >= {"roi_replay.py", "serving.py", "decode_batching.py"}
+    for name, rest in commands:
+        if not (ROOT / "benchmarks" / name).is_file():
+            pytest.fail(f"gpu_check.sh runs a missing script: {name}")
+        flags = set(re.findall(r"(--[a-z][a-z0-9-]*)", rest))
+        if flags:
+            proc = _run(name, "--help", timeout=120)
+            assert proc.returncode == 0, proc.stderr[-2000:]
+            missing = [flag for flag in flags if flag not in proc.stdout]
+            assert not missing, f"{name} does not take {missing}"
