@@ -94,7 +94,9 @@ class GarModel(nn.Module):
 
     def mask_embeddings(self, prompt_pixel_values: torch.Tensor) -> torch.Tensor:
         """Mask patch embeddings [N, patches, vision_dim] of the visual-prompt tiles [N, 3, 448, 448]."""
-        binary = decode_prompt_map(prompt_pixel_values.to(self.device), self.config.prompt_numbers).to(self.dtype)
+        # The map is the same on all three channels (gar-model.md §3): decode one, feed it as three.
+        first = prompt_pixel_values[:, :1].to(self.device)
+        binary = decode_prompt_map(first, self.config.prompt_numbers).to(self.dtype).expand(-1, 3, -1, -1)
         embeds = self.mask_patch_embedding(binary)  # [N, D, 32, 32]
         return embeds.flatten(2).transpose(1, 2)
 

@@ -339,7 +339,10 @@ class GarProcessor:
         """[1 + T, 3, 448, 448] the visual-prompt map through the same tiling, with NEAREST resampling."""
         height, width = prompt_map.shape
         grid = self.tile_grid((width, height))
-        tiles = tile_uint8(image_to_uint8_tensor(prompt_map), grid, self.tile_size, "nearest")
+        tiles = tile_uint8(image_to_uint8_tensor(prompt_map), grid, self.tile_size, "nearest")  # [1 + T, 1, …]
+        if len(set(self.image_mean)) == 1 and len(set(self.image_std)) == 1:
+            # every channel is normalized alike (GAR: 0.5 / 0.5): normalize one, view it as three (no copies)
+            return normalize_tiles(tiles, self.image_mean[:1], self.image_std[:1]).expand(-1, 3, -1, -1)
         return normalize_tiles(tiles.expand(-1, 3, -1, -1), self.image_mean, self.image_std)
 
     def _plain_ids(self, text: str) -> list[int]:
