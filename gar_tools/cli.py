@@ -720,23 +720,30 @@ def _serve(args: argparse.Namespace) -> None:
 
 def _worker(args: argparse.Namespace) -> None:
     try:
-        from gar_tools.servers.settings import WorkerSettings, token_from_env
         from gar_tools.servers.worker_app import run_worker
     except ImportError as exc:
         raise GarToolsError(f"worker needs the server extra: pip install 'gar-tools[server]' ({exc})") from exc
 
-    settings = WorkerSettings(
+    run_worker(_worker_settings(args))
+
+
+def _worker_settings(args: argparse.Namespace) -> Any:
+    """The worker's settings from ``worker`` or ``ray-serve`` options (ray-serve has no Host/Origin/body options:
+    Ray's proxy fronts it)."""
+    from gar_tools.servers.settings import WorkerSettings, token_from_env
+
+    allow_host, allow_origin = getattr(args, "allow_host", None), getattr(args, "allow_origin", None)
+    return WorkerSettings(
         model=args.model,
         policy=_server_policy(args),
         engine_kwargs=_engine_kwargs(args),
         host=args.host,
         port=args.port,
         token=token_from_env(args.token_env),
-        allowed_hosts=tuple(args.allow_host) if args.allow_host else None,
-        allowed_origins=tuple(args.allow_origin) if args.allow_origin else None,
-        max_body_bytes=_max_body_bytes(args.max_body_mb),
+        allowed_hosts=tuple(allow_host) if allow_host else None,
+        allowed_origins=tuple(allow_origin) if allow_origin else None,
+        max_body_bytes=_max_body_bytes(getattr(args, "max_body_mb", None)),
     )
-    run_worker(settings)
 
 
 def _max_body_bytes(megabytes: float | None) -> int | None:
@@ -750,18 +757,10 @@ def _max_body_bytes(megabytes: float | None) -> int | None:
 def _ray_serve(args: argparse.Namespace) -> None:
     try:
         from gar_tools.servers.ray_app import RayServeSettings, parse_autoscale, run_ray_serve
-        from gar_tools.servers.settings import WorkerSettings, token_from_env
     except ImportError as exc:
         raise GarToolsError(f"ray-serve needs the ray extra: pip install 'gar-tools[ray]' ({exc})") from exc
 
-    worker = WorkerSettings(
-        model=args.model,
-        policy=_server_policy(args),
-        engine_kwargs=_engine_kwargs(args),
-        host=args.host,
-        port=args.port,
-        token=token_from_env(args.token_env),
-    )
+    worker = _worker_settings(args)
     settings = RayServeSettings(
         worker=worker,
         replicas=args.replicas,

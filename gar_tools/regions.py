@@ -35,6 +35,7 @@ from gar_tools.inputs import (
     exactly_one_format,
     too_many_regions,
 )
+from gar_tools.pixels import checked_box, checked_coordinates, region_error
 from gar_tools.segment.prompts import SegmentPrompt, needs_segmenter, no_segmenter_error, segment_prompt
 from gar_tools.segment.scribble import rasterize_scribble
 
@@ -99,13 +100,9 @@ class DecodedRegion:
         return self.source in ("mask", "rle")
 
 
-def _region_error(field: str, region_id: str, message: str) -> RegionError:
-    return RegionError(f"{message} (region id {region_id!r})", field=field)
-
-
 def mask_read_error(exc: ImageError, field: str, region_id: str) -> RegionError:
     """The :class:`RegionError` for a mask image that could not be read (``exc`` names the reason)."""
-    return _region_error(field, region_id, "mask " + exc.reason)
+    return region_error(field, region_id, "mask " + exc.reason)
 
 
 def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
@@ -142,7 +139,7 @@ def _decode_mask(source: str, size: tuple[int, int], policy: ImagePolicy, field:
         raise mask_read_error(exc, field, rid) from exc
     del data
     if image.size != (width, height):
-        raise _region_error(
+        raise region_error(
             field,
             rid,
             f"mask is {image.width}x{image.height} (W x H) but the image is {width}x{height}; "
@@ -243,7 +240,7 @@ def _runs_into_mask(blocks: Iterable[np.ndarray], height: int, width: int, field
         if runs.size == 0:
             continue
         if int(runs.min()) < 0:
-            raise _region_error(f"{field}.counts", rid, "counts contain a negative run length")
+            raise region_error(f"{field}.counts", rid, "counts contain a negative run length")
         ends = pos + np.cumsum(runs)
         if pos <= total:
             inside = np.flatnonzero((((done + np.arange(runs.size)) % 2) == 1) & (runs > 0) & (ends <= total))
@@ -252,7 +249,7 @@ def _runs_into_mask(blocks: Iterable[np.ndarray], height: int, width: int, field
         pos = int(ends[-1])
         done += runs.size
     if pos != total:
-        raise _region_error(
+        raise region_error(
             f"{field}.counts",
             rid,
             f"run lengths sum to {pos}, but must sum to H*W = {height}*{width} = {total}",
@@ -271,16 +268,16 @@ def _decode_rle(rle: RLE, size: tuple[int, int], field: str, rid: str) -> np.nda
         or len(rle_size) != 2
         or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in rle_size)
     ):
-        raise _region_error(f"{field}.size", rid, f"size must be two positive ints [height, width], got {rle_size!r}")
+        raise region_error(f"{field}.size", rid, f"size must be two positive ints [height, width], got {rle_size!r}")
     if list(rle_size) != [height, width]:
-        raise _region_error(
+        raise region_error(
             field, rid, f"size {list(rle_size)} does not match the image (H={height}, W={width}); size is [H, W]"
         )
     total = height * width
     if isinstance(counts, str):
         limit = max_rle_chars(height, width)
         if len(counts) > limit:
-            raise _region_error(
+            raise region_error(
                 f"{field}.counts",
                 rid,
                 f"counts is {len(counts):,} characters long; a {height}x{width} mask never needs more than "
@@ -289,30 +286,30 @@ def _decode_rle(rle: RLE, size: tuple[int, int], field: str, rid: str) -> np.nda
         try:
             return _runs_into_mask(_compressed_runs(counts), height, width, field, rid)
         except _MalformedRLE as exc:
-            raise _region_error(
+            raise region_error(
                 f"{field}.counts",
                 rid,
                 f"counts is not a valid compressed COCO RLE string (as from pycocotools encode): {exc}",
             ) from exc
     if isinstance(counts, (list, tuple)):
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in counts):
-            raise _region_error(f"{field}.counts", rid, "uncompressed counts must be a list of non-negative ints")
+            raise region_error(f"{field}.counts", rid, "uncompressed counts must be a list of non-negative ints")
         if len(counts) > total + 1:
-            raise _region_error(
+            raise region_error(
                 f"{field}.counts",
                 rid,
                 f"counts has {len(counts):,} runs; a mask of H*W = {total:,} pixels has at most H*W + 1",
             )
         if any(v < 0 for v in counts):
-            raise _region_error(f"{field}.counts", rid, "counts contain a negative run length")
+            raise region_error(f"{field}.counts", rid, "counts contain a negative run length")
         if sum(counts) != total:
-            raise _region_error(
+            raise region_error(
                 f"{field}.counts",
                 rid,
                 f"run lengths sum to {sum(counts)}, but must sum to H*W = {height}*{width} = {total}",
             )
         return _runs_into_mask([np.asarray(counts, dtype=np.int64)], height, width, field, rid)
-    raise _region_error(
+    raise region_error(
         f"{field}.counts", rid, f"counts must be a compressed string or a list of ints, got {type(counts).__name__}"
     )
 
@@ -320,66 +317,26 @@ def _decode_rle(rle: RLE, size: tuple[int, int], field: str, rid: str) -> np.nda
 def _decode_polygon(polygons: object, size: tuple[int, int], field: str, rid: str) -> np.ndarray:
     width, height = size
     if not isinstance(polygons, (list, tuple)) or not polygons:
-        raise _region_error(field, rid, "polygon must be a non-empty list of polygons, each [x0, y0, x1, y1, ...]")
+        raise region_error(field, rid, "polygon must be a non-empty list of polygons, each [x0, y0, x1, y1, ...]")
     flat: list[list[float]] = []
     for k, poly in enumerate(polygons):
         where = f"{field}[{k}]"
-        if not isinstance(poly, (list, tuple)):
-            raise _region_error(where, rid, "each polygon must be a flat list [x0, y0, x1, y1, ...] of numbers")
-        if len(poly) % 2:
-            raise _region_error(where, rid, f"has an odd number of coordinates ({len(poly)}); give x, y pairs")
-        if len(poly) < 6:
-            raise _region_error(where, rid, f"has {len(poly) // 2} points; a polygon needs at least 3 (6 numbers)")
-        try:
-            coords = [float(v) for v in poly]
-        except (TypeError, ValueError) as exc:
-            raise _region_error(where, rid, "coordinates must be numbers") from exc
-        if not all(math.isfinite(v) for v in coords):
-            raise _region_error(where, rid, "coordinates must be finite numbers (no NaN or infinity)")
-        xs, ys = coords[0::2], coords[1::2]
-        if min(xs) < -width or max(xs) > 2 * width or min(ys) < -height or max(ys) > 2 * height:
-            raise _region_error(
-                where,
-                rid,
-                f"coordinates are far outside the {width}x{height} image; polygon coordinates are pixels and "
-                f"must lie within one image size of it (x in [{-width}, {2 * width}], y in [{-height}, {2 * height}])",
-            )
+        coords = checked_coordinates(poly, size, where, rid, "polygon")
+        if len(coords) < 6:
+            raise region_error(where, rid, f"has {len(coords) // 2} points; a polygon needs at least 3 (6 numbers)")
         flat.append(coords)
     merged = mask_utils.merge(mask_utils.frPyObjects(flat, height, width))
     try:
         return _runs_into_mask(_compressed_runs(merged["counts"].decode("ascii")), height, width, field, rid)
     except (_MalformedRLE, RegionError) as exc:  # pycocotools produced something unexpected
-        raise _region_error(field, rid, "polygon could not be rasterized") from exc
+        raise region_error(field, rid, "polygon could not be rasterized") from exc
 
 
 def _decode_box(box: object, size: tuple[int, int], field: str, rid: str) -> np.ndarray:
     width, height = size
-    if not isinstance(box, (list, tuple)) or len(box) != 4:
-        raise _region_error(field, rid, "box must be [x1, y1, x2, y2] (4 numbers, pixels)")
-    try:
-        x1, y1, x2, y2 = (float(v) for v in box)
-    except (TypeError, ValueError) as exc:
-        raise _region_error(field, rid, "box coordinates must be numbers") from exc
-    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
-        raise _region_error(field, rid, "box coordinates must be finite numbers (no NaN or infinity)")
-    if x2 <= x1 or y2 <= y1:
-        raise _region_error(field, rid, f"box {[x1, y1, x2, y2]} needs x2 > x1 and y2 > y1 ([x1, y1, x2, y2], pixels)")
-    if (width > 2 or height > 2) and all(0.0 <= v <= 1.0 for v in (x1, y1, x2, y2)):
-        raise _region_error(
-            field,
-            rid,
-            f"box {[x1, y1, x2, y2]} looks like normalised coordinates (all four in [0, 1]), but boxes are in "
-            f"pixels of the {width}x{height} image: multiply x by {width} and y by {height}, e.g. "
-            f"{[round(x1 * width), round(y1 * height), round(x2 * width), round(y2 * height)]}",
-        )
+    x1, y1, x2, y2 = checked_box(box, size, field, rid)
     c0, c1 = max(math.floor(x1), 0), min(math.ceil(x2), width)
     r0, r1 = max(math.floor(y1), 0), min(math.ceil(y2), height)
-    if c1 <= c0 or r1 <= r0:
-        raise _region_error(
-            field,
-            rid,
-            f"box {[x1, y1, x2, y2]} lies outside the {width}x{height} image (x in [0, {width}], y in [0, {height}])",
-        )
     mask = np.zeros((height, width), dtype=bool)
     mask[r0:r1, c0:c1] = True
     return mask
@@ -388,31 +345,14 @@ def _decode_box(box: object, size: tuple[int, int], field: str, rid: str) -> np.
 def _decode_scribble(polylines: object, width: object, size: tuple[int, int], field: str, rid: str) -> np.ndarray:
     image_width, image_height = size
     if not isinstance(polylines, (list, tuple)) or not polylines:
-        raise _region_error(field, rid, "scribble must be a non-empty list of strokes, each [x0, y0, x1, y1, ...]")
+        raise region_error(field, rid, "scribble must be a non-empty list of strokes, each [x0, y0, x1, y1, ...]")
     stroke = SCRIBBLE_WIDTH_DEFAULT if width is None else width
     if not isinstance(stroke, (int, float)) or not math.isfinite(stroke) or stroke <= 0:
-        raise _region_error(field.rsplit(".", 1)[0] + ".width", rid, "width must be a positive number of pixels")
+        raise region_error(field.rsplit(".", 1)[0] + ".width", rid, "width must be a positive number of pixels")
     lines: list[list[float]] = []
     for k, line in enumerate(polylines):
         where = f"{field}[{k}]"
-        if not isinstance(line, (list, tuple)) or not line:
-            raise _region_error(where, rid, "each stroke must be a flat list [x0, y0, x1, y1, ...] of numbers")
-        if len(line) % 2:
-            raise _region_error(where, rid, f"has an odd number of coordinates ({len(line)}); give x, y pairs")
-        try:
-            coords = [float(v) for v in line]
-        except (TypeError, ValueError) as exc:
-            raise _region_error(where, rid, "coordinates must be numbers") from exc
-        if not all(math.isfinite(v) for v in coords):
-            raise _region_error(where, rid, "coordinates must be finite numbers (no NaN or infinity)")
-        xs, ys = coords[0::2], coords[1::2]
-        if min(xs) < -image_width or max(xs) > 2 * image_width or min(ys) < -image_height or max(ys) > 2 * image_height:
-            raise _region_error(
-                where,
-                rid,
-                f"coordinates are far outside the {image_width}x{image_height} image; stroke coordinates are pixels "
-                "and must lie within one image size of it",
-            )
+        coords = checked_coordinates(line, size, where, rid, "stroke")
         lines.append(coords)
     return rasterize_scribble(lines, float(stroke), size)
 
@@ -456,13 +396,13 @@ def decode_region(
     width, height = image_size
     rid = region.id if region.id is not None else f"r{index}"
     if not isinstance(rid, str) or not _ID_RE.fullmatch(rid):
-        raise _region_error(
+        raise region_error(
             f"{field}.id", str(rid), "id must start with a letter or _, then up to 31 letters, digits, _ . or -"
         )
     try:
         kind = exactly_one_format(region)
     except ValueError as exc:
-        raise _region_error(field, rid, str(exc)) from None
+        raise region_error(field, rid, str(exc)) from None
     sub = f"{field}.{kind}"
     if needs_segmenter(region):
         if not segmenter:
@@ -480,7 +420,7 @@ def decode_region(
         mask = _decode_box(region.box, (width, height), sub, rid)
     area = int(np.count_nonzero(mask))
     if area == 0:
-        raise _region_error(sub, rid, f"region is empty: its {kind} covers no pixel of the {width}x{height} image")
+        raise region_error(sub, rid, f"region is empty: its {kind} covers no pixel of the {width}x{height} image")
     return DecodedRegion(id=rid, mask=mask, box=mask_box(mask), area=area, source=kind)
 
 
@@ -522,7 +462,7 @@ def decode_regions(
     for i, region in enumerate(regions):
         rid = region.id if region.id is not None else f"r{i}"
         if rid in seen:
-            raise _region_error(
+            raise region_error(
                 f"{names[i]}.id",
                 rid,
                 f"id {rid!r} is already used by {names[seen[rid]]}; ids must be unique "

@@ -63,9 +63,9 @@ def test_points_become_the_mask_gar_sees_and_the_result_reports(engine, tiny_seg
     seen: list[np.ndarray] = []
     prepare = engine.pipeline.prepare
 
-    def spy(image, masks, question=None):
+    def spy(image, masks, question=None, **kwargs):
         seen.extend(np.array(m) for m in masks)
-        return prepare(image, masks, question)
+        return prepare(image, masks, question, **kwargs)
 
     monkeypatch.setattr(engine.pipeline, "prepare", spy)
     toolkit = GarToolkit(engine)

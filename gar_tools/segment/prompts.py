@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from gar_tools.errors import RegionError
 from gar_tools.inputs import MAX_POINTS
+from gar_tools.pixels import checked_box, region_error
 
 __all__ = ["SegmentPrompt", "segment_prompt", "needs_segmenter", "no_segmenter_error", "SEGMENTER_HINT"]
 
@@ -70,30 +71,26 @@ def no_segmenter_error(field: str, rid: str, kind: str) -> RegionError:
     )
 
 
-def _error(field: str, rid: str, message: str) -> RegionError:
-    return RegionError(f"{message} (region id {rid!r})", field=field)
-
-
 def _points(region: Any, size: tuple[int, int], field: str, rid: str) -> SegmentPrompt:
     width, height = size
     points = region.points
     where = f"{field}.points"
     if not isinstance(points, (list, tuple)) or not points:
-        raise _error(where, rid, "points is empty; give at least one [x, y] point on the object")
+        raise region_error(where, rid, "points is empty; give at least one [x, y] point on the object")
     if len(points) > MAX_POINTS:
-        raise _error(where, rid, f"at most {MAX_POINTS} points per region; {len(points)} were given")
+        raise region_error(where, rid, f"at most {MAX_POINTS} points per region; {len(points)} were given")
     checked: list[tuple[float, float]] = []
     for k, point in enumerate(points):
         if not isinstance(point, (list, tuple)) or len(point) != 2:
-            raise _error(f"{where}[{k}]", rid, "each point must be [x, y] (two numbers, pixels)")
+            raise region_error(f"{where}[{k}]", rid, "each point must be [x, y] (two numbers, pixels)")
         try:
             x, y = float(point[0]), float(point[1])
         except (TypeError, ValueError) as exc:
-            raise _error(f"{where}[{k}]", rid, "point coordinates must be numbers") from exc
+            raise region_error(f"{where}[{k}]", rid, "point coordinates must be numbers") from exc
         if not (math.isfinite(x) and math.isfinite(y)):
-            raise _error(f"{where}[{k}]", rid, "point coordinates must be finite numbers")
+            raise region_error(f"{where}[{k}]", rid, "point coordinates must be finite numbers")
         if not (0 <= x < width and 0 <= y < height):
-            raise _error(
+            raise region_error(
                 f"{where}[{k}]",
                 rid,
                 f"point [{x:g}, {y:g}] lies outside the {width}x{height} image (x in [0, {width}), y in [0, {height}))",
@@ -103,37 +100,21 @@ def _points(region: Any, size: tuple[int, int], field: str, rid: str) -> Segment
     if labels is None:
         labels = [1] * len(checked)
     if len(labels) != len(checked):
-        raise _error(
+        raise region_error(
             f"{field}.labels", rid, f"labels has {len(labels)} entries but points has {len(checked)}; one per point"
         )
     if any(label not in (0, 1) for label in labels):
-        raise _error(f"{field}.labels", rid, "labels must be 1 (on the object) or 0 (not on it)")
+        raise region_error(f"{field}.labels", rid, "labels must be 1 (on the object) or 0 (not on it)")
     if 1 not in labels:
-        raise _error(f"{field}.labels", rid, "at least one point must be on the object (label 1)")
+        raise region_error(f"{field}.labels", rid, "at least one point must be on the object (label 1)")
     return SegmentPrompt(id=rid, field=where, kind="points", points=tuple(checked), labels=tuple(labels))
 
 
 def _box(region: Any, size: tuple[int, int], field: str, rid: str) -> SegmentPrompt:
     width, height = size
     where = f"{field}.box"
-    box = region.box
-    if not isinstance(box, (list, tuple)) or len(box) != 4:
-        raise _error(where, rid, "box must be [x1, y1, x2, y2] (4 numbers, pixels)")
-    try:
-        x1, y1, x2, y2 = (float(v) for v in box)
-    except (TypeError, ValueError) as exc:
-        raise _error(where, rid, "box coordinates must be numbers") from exc
-    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
-        raise _error(where, rid, "box coordinates must be finite numbers (no NaN or infinity)")
-    if x2 <= x1 or y2 <= y1:
-        raise _error(where, rid, f"box {[x1, y1, x2, y2]} needs x2 > x1 and y2 > y1 ([x1, y1, x2, y2], pixels)")
+    x1, y1, x2, y2 = checked_box(region.box, size, where, rid)
     cx1, cy1, cx2, cy2 = max(x1, 0.0), max(y1, 0.0), min(x2, float(width)), min(y2, float(height))
-    if cx2 <= cx1 or cy2 <= cy1:
-        raise _error(
-            where,
-            rid,
-            f"box {[x1, y1, x2, y2]} lies outside the {width}x{height} image (x in [0, {width}], y in [0, {height}])",
-        )
     return SegmentPrompt(id=rid, field=where, kind="box", box=(cx1, cy1, cx2, cy2))
 
 
