@@ -405,12 +405,12 @@ class DescribeRegionsRequest(ToolRequest):
     regions: list[Region] | Literal["auto"] = Field(
         description=(
             f"The regions to describe, 1 to {MAX_DESCRIBE_REGIONS}, each described on its own; or the string "
-            "\"auto\" to have the server's segmenter propose every object it finds (needs --segmenter)."
+            '"auto" to have the server\'s segmenter propose every object it finds (needs --segmenter).'
         ),
     )
     auto: AutoRegionsOptions | None = Field(
         default=None,
-        description="Only with regions: \"auto\": grid, thresholds, smallest area and most regions to propose.",
+        description='Only with regions: "auto": grid, thresholds, smallest area and most regions to propose.',
     )
 
     @field_validator("regions", mode="before")

@@ -254,7 +254,7 @@ register_tool(
         description=(
             f"Describe each of 1 to {MAX_DESCRIBE_REGIONS} regions of one image in detail with GAR (Grasp Any "
             "Region), one description per region, in one call (cheaper than one describe_region call per region; "
-            "each description is what describe_region gives for that region alone). Or regions: \"auto\" (when the "
+            'each description is what describe_region gives for that region alone). Or regions: "auto" (when the '
             "server has a segmenter) to find and describe every object: dense captions, each with its mask as COCO "
             "RLE. A region that fails gets its own error entry; the others are still described. "
             f"{REGION_FORMATS_SENTENCE}"

@@ -76,7 +76,9 @@ def generate_masks(
         embeddings = segmenter.image_embeddings(image)
         for start in range(0, len(grid), _CHUNK):
             chunk = grid[start : start + _CHUNK]
-            prompts = [SegmentPrompt(id="auto", field="regions", kind="points", points=(p,), labels=(1,)) for p in chunk]
+            prompts = [
+                SegmentPrompt(id="auto", field="regions", kind="points", points=(p,), labels=(1,)) for p in chunk
+            ]
             logits, scores, inputs = segmenter._candidates(image, embeddings, prompts)  # noqa: SLF001
             stability = _stability(logits)
             keep = (scores >= options.score_threshold) & (stability >= options.stability_threshold)
