@@ -410,6 +410,7 @@ class DescribeRegionsRequest(ToolRequest):
     )
     auto: AutoRegionsOptions | None = Field(
         default=None,
+        title="Auto",
         description='Only with regions: "auto": grid, thresholds, smallest area and most regions to propose.',
     )
 

@@ -202,3 +202,73 @@ async def test_cancelling_frees_the_engines_slots(tiny_pipeline) -> None:
         assert (await asyncio.wait_for(engine.run("describe_region", short), 60)).timings.tokens_generated <= 2
     finally:
         await engine.aclose()
+
+
+# --- surfaces (through the registry) ---------------------------------------------------------------------------------
+
+
+def test_worker_streams_one_event_per_region_then_the_result(engine: LocalEngine) -> None:
+    pytest.importorskip("starlette")
+    import json
+
+    from starlette.testclient import TestClient
+
+    from gar_tools.servers.worker_app import create_worker_app
+
+    body = {"image": IMAGE3, "regions": [*REGIONS3[:2], {"box": [0, 0, 0, 0]}], "max_new_tokens": 2}
+    with TestClient(create_worker_app(engine_factory=lambda: engine), base_url="http://127.0.0.1") as client:
+        with client.stream("POST", "/v1/describe_regions/stream", json=body) as response:
+            assert response.status_code == 200
+            events, event = [], None
+            for line in response.iter_lines():
+                if line.startswith("event: "):
+                    event = line.removeprefix("event: ")
+                elif line.startswith("data: "):
+                    events.append((event, json.loads(line.removeprefix("data: "))))
+        plain = client.post("/v1/describe_regions", json=body)
+    kinds = [kind for kind, _ in events]
+    assert kinds.count("region") == 3 and kinds.count("progress") == 3 and kinds[-1] == "result"
+    assert [data["message"] for kind, data in events if kind == "progress"][-1] == "3 of 3 regions done"
+    failed = [data for kind, data in events if kind == "region" and data["error"]]
+    assert len(failed) == 1 and failed[0]["error"]["field"].startswith("regions[2]")
+    assert plain.status_code == 200 and len(plain.json()["descriptions"]) == 3
+    assert events[-1][1]["descriptions"] == plain.json()["descriptions"]
+
+
+async def test_mcp_serves_it_with_region_progress(tiny_pipeline) -> None:
+    pytest.importorskip("mcp")
+    from mcp import Client
+
+    from gar_tools.servers.mcp_server import create_server
+    from gar_tools.servers.settings import ServeSettings, server_policy
+
+    settings = ServeSettings(policy=server_policy([ASSETS]))
+    messages: list[str | None] = []
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        messages.append(message)
+
+    server = create_server(settings, engine_factory=lambda: LocalEngine(pipeline=tiny_pipeline, policy=settings.policy))
+    async with Client(server) as client:
+        listed = {tool.name: tool for tool in (await client.list_tools()).tools}
+        assert listed["describe_regions"].annotations.read_only_hint is True
+        assert "descriptions" in listed["describe_regions"].output_schema["properties"]
+        arguments = {"image": IMAGE3, "regions": REGIONS3[:2], "max_new_tokens": 2}
+        result = await client.call_tool("describe_regions", arguments, progress_callback=on_progress)
+    assert not result.is_error and len(result.structured_content["descriptions"]) == 2
+    assert messages and all(m and " of 2 regions done" in m for m in messages)
+    assert messages[-1].startswith("2 of 2 regions done")
+
+
+def test_cli_takes_rle_files_and_auto(tmp_path: Path) -> None:
+    import json
+
+    from gar_tools.cli import build_parser
+
+    rle = {"size": [427, 640], "counts": [0, 10, 273270]}
+    path = tmp_path / "regions.json"
+    path.write_text(json.dumps([rle, {"segmentation": rle, "id": "b"}, {"box": [0, 0, 5, 5]}]))
+    args = build_parser().parse_args(["describe-all", IMAGE3, "--mask", MASKS3[0], "--rle-file", str(path)])
+    assert args.regions == [{"mask": MASKS3[0]}, {"rle": rle}, {"rle": rle, "id": "b"}, {"box": [0, 0, 5, 5]}]
+    args = build_parser().parse_args(["describe-all", IMAGE3, "--auto", "--auto-options", '{"max_regions": 4}'])
+    assert args.auto and args.auto_options == {"max_regions": 4}
