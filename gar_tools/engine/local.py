@@ -432,7 +432,12 @@ class LocalEngine(Engine):
         outcomes = await loop.run_in_executor(self._loader, self._fan_out_regions, spec, request, image)
         segment_ms = (time.perf_counter() - segment_start) * 1000 if self.segmenter_name is not None else 0.0
         proposed = getattr(request, spec.regions_field) == "auto"
-        digest = await asyncio.to_thread(image_digest, image)
+        from gar_tools.model.rgb import to_rgb
+
+        rgb = to_rgb(image, copy=False)  # what prepare does to the image before computing its pixel values
+        digest, pixel_values = await asyncio.to_thread(
+            lambda: (image_digest(image), pipeline.processor.pixel_values(rgb))  # once for every region
+        )
         total = len(outcomes)
         items: list[RegionDescription | None] = [None] * total
         stats = {"encode_ms": 0.0, "prefill_ms": 0.0, "queue_ms": 0.0, "tokens": 0}
@@ -467,7 +472,9 @@ class LocalEngine(Engine):
             question = spec.question(request, [region.id])
             indices = [SINGLE_REGION_PROMPT_INDEX] if question is None else [0]
             started = time.perf_counter()
-            prepared = await asyncio.to_thread(pipeline.prepare, image, [region.mask], question)
+            prepared = await asyncio.to_thread(
+                functools.partial(pipeline.prepare, pixel_values=pixel_values), image, [region.mask], question
+            )
             stats["encode_ms"] += (time.perf_counter() - started) * 1000
             stream = TextStream(pipeline.processor.tokenizer)
             handle = runtime.batcher.submit(

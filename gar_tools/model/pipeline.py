@@ -65,10 +65,18 @@ class GarPipeline:
     def dtype(self) -> torch.dtype:
         return self.model.dtype
 
-    def prepare(self, image: Image.Image, masks: Sequence[np.ndarray], question: str | None = None) -> PreparedInputs:
+    def prepare(
+        self,
+        image: Image.Image,
+        masks: Sequence[np.ndarray],
+        question: str | None = None,
+        *,
+        pixel_values: torch.Tensor | None = None,
+    ) -> PreparedInputs:
         """See :meth:`GarProcessor.prepare`: list index ``k`` is ``<Prompt{k}>``; ``question=None`` with one mask
-        is the single-region describe prompt (region in slot ``<Prompt1>``)."""
-        return self.processor.prepare(image, masks, question)
+        is the single-region describe prompt (region in slot ``<Prompt1>``); ``pixel_values`` of this image, when
+        already computed, are reused."""
+        return self.processor.prepare(image, masks, question, pixel_values=pixel_values)
 
     def image_features(self, prepared: PreparedInputs) -> torch.Tensor:
         """[1 + T, 256, hidden] projected features of thumbnail and tiles with the region masks added."""

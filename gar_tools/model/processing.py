@@ -427,12 +427,20 @@ class GarProcessor:
         """The user turn's text (slots written as tokens), as :meth:`prompt_parts` joined."""
         return "".join(p if isinstance(p, str) else p.text for p in self.prompt_parts(prompt_indices, question))
 
-    def prepare(self, image: Image.Image, masks: Sequence[np.ndarray], question: str | None = None) -> PreparedInputs:
+    def prepare(
+        self,
+        image: Image.Image,
+        masks: Sequence[np.ndarray],
+        question: str | None = None,
+        *,
+        pixel_values: torch.Tensor | None = None,
+    ) -> PreparedInputs:
         """GAR's inputs for ``image`` and boolean H×W ``masks``.
 
         List index ``k`` is region ``<Prompt{k}>``. ``question=None`` with one mask is upstream's single-region
         describe prompt, which puts that region in slot ``<Prompt1>``. Otherwise ``question`` names regions as
-        ``<PromptK>`` and is used as is.
+        ``<PromptK>`` and is used as is. ``pixel_values``: :meth:`pixel_values` of this same image, computed once
+        for many calls on it (``describe_regions``); not recomputed then.
         """
         if image.mode != "RGB":
             image = to_rgb(image)
@@ -461,7 +469,8 @@ class GarProcessor:
         prompt_indices = [SINGLE_REGION_PROMPT_INDEX] if question is None else list(range(count))
 
         grid = self.tile_grid((width, height))
-        pixel_values = self.pixel_values(image)
+        if pixel_values is None:
+            pixel_values = self.pixel_values(image)
         prompt_map = visual_prompt_map(bool_masks, prompt_indices, self.config.prompt_numbers)
         prompt_pixel_values = self.prompt_pixel_values(prompt_map)
         if pixel_values.shape[0] != 1 + grid[0] * grid[1]:
