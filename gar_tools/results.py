@@ -173,7 +173,11 @@ class RegionDescription(BaseModel):
 
 class DescribeRegionsResult(ToolResult):
     """Result of describe_regions: one entry per region in ``descriptions`` (``text`` joins them as ``id: text``
-    lines; ``regions`` lists the regions that were described)."""
+    lines; ``regions`` lists the regions that were described).
+
+    ``timings`` covers the whole call: ``encode_ms`` and ``prefill_ms`` add up the regions' own, ``queue_ms`` is the
+    longest any region waited, ``generate_ms`` the wall time from the first region's submission to the last one's
+    end, and ``tokens_generated`` the sum over regions."""
 
     descriptions: list[RegionDescription] = Field(
         description="Per region, in order: id, text, the region as understood and tokens generated, or its error."

@@ -428,10 +428,11 @@ class LocalEngine(Engine):
         runtime = self._runtime or await loop.run_in_executor(self._loader, self._ready)
         load_ms = (time.perf_counter() - begin) * 1000
         pipeline = runtime.pipeline
+        proposed = getattr(request, spec.regions_field) == "auto"
         segment_start = time.perf_counter()
         outcomes = await loop.run_in_executor(self._loader, self._fan_out_regions, spec, request, image)
-        segment_ms = (time.perf_counter() - segment_start) * 1000 if self.segmenter_name is not None else 0.0
-        proposed = getattr(request, spec.regions_field) == "auto"
+        segmented = proposed or any(getattr(r, "source", "").startswith("sam:") for r in outcomes)
+        segment_ms = (time.perf_counter() - segment_start) * 1000 if segmented else 0.0
         from gar_tools.model.rgb import to_rgb
 
         rgb = to_rgb(image, copy=False)  # what prepare does to the image before computing its pixel values
