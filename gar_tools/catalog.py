@@ -40,6 +40,7 @@ def example_calls() -> dict[str, dict[str, Any]]:
                 "<person> is catching <ball> with <racket>.",
             ],
         },
+        "describe_regions": {"image": image3, "regions": tennis},
     }
 
 

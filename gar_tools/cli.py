@@ -4,6 +4,7 @@
                          [--model tiny|PATH|HUB_ID] [--segmenter tiny-sam|PATH|HUB_ID]
     gar-tools compare IMAGE --mask A.png --mask B.png [--focus TEXT]
     gar-tools ask IMAGE "What is <r0> holding?" --mask A.png [--choice TEXT ...]
+    gar-tools describe-all IMAGE (--mask A.png ... | --rle-file regions.json | --auto) [--json] [--overlay out.png]
     gar-tools demo [--out DIR]
     gar-tools eval gar-bench-vqa --annotations GAR-Bench-VQA.json [--model ...]   /   gar-tools eval score OUT.json
     gar-tools serve ... / gar-tools worker ... / gar-tools ray-serve ...   (see --help of each)
@@ -129,6 +130,47 @@ class _RegionAction(argparse.Action):
     def __call__(self, parser: Any, namespace: argparse.Namespace, value: Any, option: str | None = None) -> None:
         namespace.regions = [*(getattr(namespace, "regions", None) or []), {self.region_format: value}]
         namespace.points_open = False
+
+
+class _RleFileAction(argparse.Action):
+    """``--rle-file regions.json``: appends each region the file holds."""
+
+    def __call__(self, parser: Any, namespace: argparse.Namespace, value: Any, option: str | None = None) -> None:
+        import json
+
+        path = Path(value).expanduser()
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise argparse.ArgumentError(self, f"cannot read {value!r} as JSON: {exc}") from None
+        if isinstance(data, dict):
+            data = data.get("regions", data.get("annotations", [data]))
+        if not isinstance(data, list):
+            raise argparse.ArgumentError(self, f"{value!r} must hold a list of regions")
+        regions = list(getattr(namespace, "regions", None) or [])
+        for item in data:
+            if isinstance(item, dict) and "counts" in item and "size" in item:
+                regions.append({"rle": item})
+            elif isinstance(item, dict) and isinstance(item.get("segmentation"), dict):
+                region: dict[str, Any] = {"rle": item["segmentation"]}
+                if isinstance(item.get("id"), str):
+                    region["id"] = item["id"]
+                regions.append(region)
+            else:
+                regions.append(item)
+        namespace.regions = regions
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    import json
+
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
 
 
 def _first_sentence(text: str | None) -> str:
@@ -298,12 +340,32 @@ def _add_region_options(parser: argparse.ArgumentParser, spec: ToolSpec) -> None
     parser.add_argument(
         "--id", action="append", default=[], metavar="ID", help="region ids, in the order the regions are given"
     )
+    if spec.fan_out:
+        parser.add_argument(
+            "--rle-file",
+            action=_RleFileAction,
+            metavar="JSON",
+            help="a JSON file of regions: a list of COCO RLEs ({size, counts}), of COCO annotations (segmentation: "
+            "RLE) or of region objects; added after the regions given before it",
+        )
+        parser.add_argument(
+            "--auto",
+            action="store_true",
+            help="have the segmenter (--segmenter) propose every object it finds and describe each",
+        )
+        parser.add_argument(
+            "--auto-options",
+            type=_json_object,
+            default=None,
+            metavar="JSON",
+            help='with --auto: proposal settings, e.g. \'{"points_per_side": 8, "max_regions": 16, "min_area": 200}\'',
+        )
 
 
 def _add_tool_fields(parser: argparse.ArgumentParser, spec: ToolSpec) -> None:
     """The tool's own request fields (question, focus, choices, …) as positionals or flags."""
     for name, info in spec.request_model.model_fields.items():
-        if name in (*_COMMON_FIELDS, spec.regions_field):
+        if name in (*_COMMON_FIELDS, spec.regions_field) or (spec.fan_out and name == "auto"):
             continue
         help_text = _first_sentence(info.description)
         if name in spec.cli_positionals:
@@ -554,6 +616,10 @@ def _regions(args: argparse.Namespace, spec: ToolSpec) -> Any:
         )
     for region, region_id in zip(regions, args.id, strict=False):
         region["id"] = region_id
+    if getattr(args, "auto", False):
+        if regions:
+            raise InputError("give either --auto or regions (--mask, --rle-file, ...), not both", field="--auto")
+        return "auto"
     if not spec.single_region:
         return regions
     if len(regions) != 1:
@@ -630,7 +696,9 @@ def _run_tool(args: argparse.Namespace) -> None:
     fields = {
         name: getattr(args, name)
         for name in spec.request_model.model_fields
-        if name not in (*_COMMON_FIELDS, spec.regions_field) and getattr(args, name, None) is not None
+        if name not in (*_COMMON_FIELDS, spec.regions_field)
+        and not (spec.fan_out and name == "auto")  # --auto / --auto-options, below
+        and getattr(args, name, None) is not None
     }
     request = {
         "image": args.image,
@@ -639,11 +707,24 @@ def _run_tool(args: argparse.Namespace) -> None:
         "overlay": args.overlay is not None,
         **fields,
     }
+    if getattr(args, "auto_options", None) is not None:
+        if request[spec.regions_field] != "auto":
+            raise InputError("applies only with --auto", field="--auto-options")
+        request["auto"] = args.auto_options
     if args.overlay is not None:
         _check_writable(args.overlay, "--overlay")
     with _toolkit(args) as toolkit:
-        result = toolkit.run(spec.name, request)
+        if spec.fan_out:
+            result = toolkit.run(spec.name, request, on_item=_region_printer(args.json))
+        else:
+            result = toolkit.run(spec.name, request)
     _tiny_notice([result])
+    if spec.fan_out:
+        if args.overlay is not None and result.overlay_png:
+            _write(args.overlay, base64.b64decode(result.overlay_png), "--overlay")
+        if args.json:
+            print(result.model_dump_json(exclude={"overlay_png"}), flush=True)
+        return
     if args.overlay is not None and result.overlay_png:
         _write(args.overlay, base64.b64decode(result.overlay_png), "--overlay")
     if args.json:
@@ -653,6 +734,21 @@ def _run_tool(args: argparse.Namespace) -> None:
     for name, value in result.model_dump().items():  # the tool's own result fields, e.g. the parsed choice
         if name not in ToolResult.model_fields and value is not None:
             print(f"{name}: {value}")
+
+
+def _region_printer(as_json: bool) -> Callable[[Any], Any]:
+    """For a fan-out tool: print each region's description as it finishes (``--json``: one JSON line each; the
+    whole result follows as the last line)."""
+
+    async def show(item: Any) -> None:
+        if as_json:
+            print(item.model_dump_json(), flush=True)
+        elif item.error is not None:
+            print(f"{item.id}: error: {item.error.message}", flush=True)
+        else:
+            print(f"{item.id}: {item.text}", flush=True)
+
+    return show
 
 
 def _demo(args: argparse.Namespace) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -28,6 +28,9 @@ __all__ = [
     "DescribeRegionRequest",
     "CompareRegionsRequest",
     "AnswerAboutRegionsRequest",
+    "MAX_DESCRIBE_REGIONS",
+    "AutoRegionsOptions",
+    "DescribeRegionsRequest",
     "exactly_one_format",
     "too_many_regions",
     "field_path",
@@ -359,6 +362,78 @@ class AnswerAboutRegionsRequest(ToolRequest):
     @classmethod
     def _region_count(cls, value: Any) -> Any:
         return _check_region_count(value, minimum=1, tool="answer_about_regions")
+
+
+MAX_DESCRIBE_REGIONS = 64
+"""Most regions of one ``describe_regions`` call: each is described alone (one prompt slot each), so the 5-slot
+limit does not apply; the bound keeps one call's work and result size reasonable."""
+
+
+class AutoRegionsOptions(BaseModel):
+    """How ``regions: "auto"`` proposes regions with the segmenter (automatic mask generation)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    points_per_side: int = Field(
+        default=16, ge=1, le=64, strict=True, description="Point prompts per side of the grid laid over the image."
+    )
+    score_threshold: float = Field(
+        default=0.8, ge=0, le=1, description="Keep masks whose predicted IoU (the segmenter's score) is at least this."
+    )
+    stability_threshold: float = Field(
+        default=0.9,
+        ge=0,
+        le=1,
+        description="Keep masks whose stability (IoU of the mask at two binarisation thresholds) is at least this.",
+    )
+    iou_threshold: float = Field(
+        default=0.7, ge=0, le=1, description="Drop a mask overlapping a better-scored kept one by more than this IoU."
+    )
+    min_area: int = Field(default=100, ge=1, strict=True, description="Drop masks of fewer pixels than this.")
+    max_regions: int = Field(
+        default=32,
+        ge=1,
+        le=MAX_DESCRIBE_REGIONS,
+        strict=True,
+        description=f"Describe at most this many proposed masks (the best scored; at most {MAX_DESCRIBE_REGIONS}).",
+    )
+
+
+class DescribeRegionsRequest(ToolRequest):
+    """Describe each of up to 64 regions of an image, one description per region, in one call."""
+
+    regions: list[Region] | Literal["auto"] = Field(
+        description=(
+            f"The regions to describe, 1 to {MAX_DESCRIBE_REGIONS}, each described on its own; or the string "
+            '"auto" to have the server\'s segmenter propose every object it finds (needs --segmenter).'
+        ),
+    )
+    auto: AutoRegionsOptions | None = Field(
+        default=None,
+        title="Auto",
+        description='Only with regions: "auto": grid, thresholds, smallest area and most regions to propose.',
+    )
+
+    @field_validator("regions", mode="before")
+    @classmethod
+    def _region_count(cls, value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            if len(value) > MAX_DESCRIBE_REGIONS:
+                raise ValueError(
+                    f"describe_regions takes at most {MAX_DESCRIBE_REGIONS} regions per call; {len(value)} were "
+                    "given. Split them over several calls."
+                )
+            if not value:
+                raise ValueError('describe_regions needs at least 1 region (or "auto" with a segmenter); 0 given')
+        elif isinstance(value, str) and value != "auto":
+            raise ValueError('regions must be a list of regions or the string "auto"')
+        return value
+
+    @model_validator(mode="after")
+    def _auto_needs_auto(self) -> DescribeRegionsRequest:
+        if self.auto is not None and self.regions != "auto":
+            raise ValueError('auto options apply only with regions: "auto"')
+        return self
 
 
 _JSON_TYPE_NAMES = {

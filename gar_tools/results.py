@@ -17,6 +17,9 @@ __all__ = [
     "DescribeRegionResult",
     "CompareRegionsResult",
     "AnswerAboutRegionsResult",
+    "RegionFailure",
+    "RegionDescription",
+    "DescribeRegionsResult",
     "ModelInfo",
 ]
 
@@ -27,8 +30,9 @@ TINY_MODEL_NOTE = (
 """The one sentence every surface (CLI, MCP, LangChain, LlamaIndex, descriptions) shows for tiny-model output."""
 
 
-RegionSource = Literal["mask", "rle", "polygon", "scribble", "box", "sam:points", "sam:box"]
-"""Where a region's mask came from: the format the caller gave, or ``sam:points`` / ``sam:box`` (the segmenter)."""
+RegionSource = Literal["mask", "rle", "polygon", "scribble", "box", "sam:points", "sam:box", "sam:auto"]
+"""Where a region's mask came from: the format the caller gave, ``sam:points`` / ``sam:box`` (the segmenter), or
+``sam:auto`` (proposed by the segmenter's automatic mask generation, ``describe_regions`` with ``regions: "auto"``)."""
 
 
 class RegionInfo(BaseModel):
@@ -51,7 +55,8 @@ class RegionInfo(BaseModel):
         default="mask",
         description=(
             "Where the mask GAR saw came from: mask, rle, polygon, scribble or box (drawn from what was given), or "
-            "sam:points / sam:box (cut out by the segmenter from the points or the box)."
+            "sam:points / sam:box (cut out by the segmenter from the points or the box), sam:auto (proposed by the "
+            "segmenter)."
         ),
     )
     mask_rle: RLE | None = Field(
@@ -137,6 +142,48 @@ class AnswerAboutRegionsResult(ToolResult):
             "For a multiple-choice question: the option letter parsed from the answer ('A', 'B', ...); null when no "
             "choices were given or the answer names no option."
         ),
+    )
+
+
+class RegionFailure(BaseModel):
+    """Why one region of a ``describe_regions`` call could not be described (the others still were)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str = Field(description="The error's kind, e.g. 'RegionError'.")
+    message: str = Field(description="The whole message: field and reason.")
+    field: str | None = Field(default=None, description="The offending field, e.g. 'regions[3].rle'.")
+    reason: str | None = Field(default=None, description="What was wrong and what is allowed.")
+
+
+class RegionDescription(BaseModel):
+    """One region's description in a ``describe_regions`` result (streamed as each region finishes)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    index: int = Field(ge=0, description="The region's position in the request (or among the proposed regions).")
+    id: str = Field(description="The region's id: the one given, or r0, r1, ... by position.")
+    text: str | None = Field(default=None, description="The description; null when the region failed (see error).")
+    region: RegionInfo | None = Field(
+        default=None, description="The region as understood (box, area, mask source, mask_rle); null when it failed."
+    )
+    tokens_generated: int = Field(default=0, ge=0, description="Tokens generated for this region.")
+    error: RegionFailure | None = Field(default=None, description="Why this region failed; null when it succeeded.")
+
+
+class DescribeRegionsResult(ToolResult):
+    """Result of describe_regions: one entry per region in ``descriptions`` (``text`` joins them as ``id: text``
+    lines; ``regions`` lists the regions that were described).
+
+    ``timings`` covers the whole call: ``encode_ms`` and ``prefill_ms`` add up the regions' own, ``queue_ms`` is the
+    longest any region waited, ``generate_ms`` the wall time from the first region's submission to the last one's
+    end, and ``tokens_generated`` the sum over regions."""
+
+    descriptions: list[RegionDescription] = Field(
+        description="Per region, in order: id, text, the region as understood and tokens generated, or its error."
+    )
+    proposed: bool = Field(
+        default=False, description='True when the regions were proposed by the segmenter (regions: "auto").'
     )
 
 

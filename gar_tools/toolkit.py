@@ -24,11 +24,11 @@ from typing import Any, TypeVar
 
 import pydantic
 
-from gar_tools.engine import Engine, Progress, make_engine
+from gar_tools.engine import Engine, ItemCallback, Progress, make_engine
 from gar_tools.errors import GarToolsError, InputError
 from gar_tools.images import ImagePolicy
 from gar_tools.inputs import ToolRequest, validation_error_to_input_error
-from gar_tools.results import ModelInfo, ToolResult
+from gar_tools.results import ModelInfo, RegionDescription, ToolResult
 from gar_tools.tools import ToolName, get_tool, tool_names
 
 __all__ = ["GarToolkit", "coerce_request"]
@@ -103,42 +103,66 @@ class GarToolkit:
 
     # --- by name -------------------------------------------------------------------------------------------------
     async def arun(
-        self, tool: ToolName, request: Any = None, progress: Progress | None = None, **kwargs: Any
+        self,
+        tool: ToolName,
+        request: Any = None,
+        progress: Progress | None = None,
+        on_item: ItemCallback | None = None,
+        **kwargs: Any,
     ) -> ToolResult:
-        """Run ``tool`` by name (the generic entry point used by adapters and servers)."""
+        """Run ``tool`` by name (the generic entry point used by adapters and servers).
+
+        For a fan-out tool (``describe_regions``) ``progress`` reports regions done (``k``, ``N``, ``"k of N regions
+        done"``) and ``on_item`` receives each region's :class:`~gar_tools.results.RegionDescription` as it finishes.
+        """
         self._check_open()
-        return await self.engine.run(tool, coerce_request(tool, request, **kwargs), progress)
+        validated = coerce_request(tool, request, **kwargs)
+        if on_item is not None and get_tool(tool).fan_out:
+            return await self.engine.run(tool, validated, progress, on_item)
+        return await self.engine.run(tool, validated, progress)
 
     def run(self, tool: ToolName, request: Any = None, **kwargs: Any) -> ToolResult:
         """Synchronous :meth:`arun`; safe to call from code that is itself inside an event loop."""
         self._check_open()
         return self._sync.run(self.arun(tool, request, **kwargs))
 
-    async def astream(self, tool: ToolName, request: Any = None, **kwargs: Any) -> AsyncIterator[str | ToolResult]:
-        """Run ``tool`` and yield its text as it is generated (``str`` deltas), then the result model.
+    async def astream(
+        self, tool: ToolName, request: Any = None, **kwargs: Any
+    ) -> AsyncIterator[str | RegionDescription | ToolResult]:
+        """Run ``tool`` and yield what it produces as it comes, then the result model: its text as it is generated
+        (``str`` deltas), or for a fan-out tool (``describe_regions``) one
+        :class:`~gar_tools.results.RegionDescription` per region as it finishes (in finishing order; ``index`` says
+        which region).
 
         >>> async for item in toolkit.astream("describe_region", image=..., region=...):
         ...     print(item, end="") if isinstance(item, str) else print("\n", item.timings)
+        >>> async for item in toolkit.astream("describe_regions", image=..., regions=[...]):
+        ...     print(item.id, item.text) if isinstance(item, RegionDescription) else print(item.timings)
 
         Closing the iterator early (or cancelling the task consuming it) cancels the request.
         """
-        deltas: asyncio.Queue[str] = asyncio.Queue()
+        items: asyncio.Queue[str | RegionDescription] = asyncio.Queue()
+        fan_out = get_tool(tool).fan_out
 
         async def progress(done: float, total: float | None, delta: str | None) -> None:
-            if delta:
-                deltas.put_nowait(delta)
+            if delta and not fan_out:
+                items.put_nowait(delta)
 
-        task = asyncio.ensure_future(self.arun(tool, request, progress=progress, **kwargs))
+        async def on_item(item: RegionDescription) -> None:
+            items.put_nowait(item)
+
+        extra = {"on_item": on_item} if fan_out else {}
+        task = asyncio.ensure_future(self.arun(tool, request, progress=progress, **extra, **kwargs))
         try:
             while not task.done():
-                getter = asyncio.ensure_future(deltas.get())
+                getter = asyncio.ensure_future(items.get())
                 await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
                 if getter.done():
                     yield getter.result()
                 else:
                     getter.cancel()
-            while not deltas.empty():
-                yield deltas.get_nowait()
+            while not items.empty():
+                yield items.get_nowait()
             yield task.result()
         finally:
             if not task.done():

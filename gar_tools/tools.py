@@ -10,6 +10,13 @@ To add a tool:
 2. write ``question(request, region_ids)``, the question text naming regions as ``<PromptK>`` (``None`` for the
    single-region describe prompt), and, if the result has extra fields, ``finish(request, text)``;
 3. ``register_tool(ToolSpec(...))``. Every surface serves it from then on.
+
+A tool with ``fan_out=True`` (``describe_regions``) is not one generation but one per region: each region is asked
+the tool's ``question`` on its own (``None``: the single-region describe prompt), the engine runs them together
+(one decoded image, batched decoding, the tile cache) and builds the result from per-region
+:class:`~gar_tools.results.RegionDescription` items, which stream to callers as each region finishes. Its result
+model has ``descriptions`` and ``proposed`` fields (see :class:`~gar_tools.results.DescribeRegionsResult`), and its
+``regions`` field may be the string ``"auto"`` (regions proposed by the segmenter).
 """
 
 from __future__ import annotations
@@ -20,16 +27,24 @@ from typing import Any, TypeAlias
 
 from gar_tools.errors import InputError
 from gar_tools.inputs import (
+    MAX_DESCRIBE_REGIONS,
     MAX_REGIONS,
     AnswerAboutRegionsRequest,
     CompareRegionsRequest,
     DescribeRegionRequest,
+    DescribeRegionsRequest,
     Region,
     ToolRequest,
 )
 from gar_tools.model.prompts import multiple_choice_question
 from gar_tools.prompts import compare_question, map_region_references, parse_choice
-from gar_tools.results import AnswerAboutRegionsResult, CompareRegionsResult, DescribeRegionResult, ToolResult
+from gar_tools.results import (
+    AnswerAboutRegionsResult,
+    CompareRegionsResult,
+    DescribeRegionResult,
+    DescribeRegionsResult,
+    ToolResult,
+)
 
 __all__ = [
     "ToolName",
@@ -75,6 +90,8 @@ class ToolSpec:
         cli_positionals: request fields the CLI takes as positional arguments after the image.
         cli_flags: CLI flag names for request fields where ``--{field}`` is not the natural spelling.
         read_only, idempotent: MCP tool annotations (``readOnlyHint``, ``idempotentHint``).
+        fan_out: each region is its own generation with ``question(request, [id])`` (see the module docstring);
+            progress reports regions done, and per-region results stream as they finish.
     """
 
     name: ToolName
@@ -92,6 +109,7 @@ class ToolSpec:
     cli_flags: dict[str, str] = field(default_factory=dict)
     read_only: bool = True
     idempotent: bool = True
+    fan_out: bool = False
 
     @property
     def single_region(self) -> bool:
@@ -99,8 +117,10 @@ class ToolSpec:
         return self.regions_field == "region"
 
     def regions(self, request: ToolRequest) -> list[Region]:
-        """The request's regions as a list, in order."""
+        """The request's regions as a list, in order (empty for ``"auto"``: the segmenter proposes them)."""
         value = getattr(request, self.regions_field)
+        if isinstance(value, str):
+            return []
         return [value] if self.single_region else list(value)
 
     def region_field(self, index: int) -> str:
@@ -225,5 +245,25 @@ register_tool(
         cli_command="ask",
         cli_positionals=("question",),
         cli_flags={"choices": "--choice"},
+    )
+)
+register_tool(
+    ToolSpec(
+        name="describe_regions",
+        title="Describe every region of an image",
+        description=(
+            f"Describe each of 1 to {MAX_DESCRIBE_REGIONS} regions of one image in detail with GAR (Grasp Any "
+            "Region), one description per region, in one call (cheaper than one describe_region call per region; "
+            'each description is what describe_region gives for that region alone). Or regions: "auto" (when the '
+            "server has a segmenter) to find and describe every object: dense captions, each with its mask as COCO "
+            "RLE. A region that fails gets its own error entry; the others are still described. "
+            f"{REGION_FORMATS_SENTENCE}"
+        ),
+        request_model=DescribeRegionsRequest,
+        result_model=DescribeRegionsResult,
+        question=lambda request, ids: None,
+        max_regions=MAX_DESCRIBE_REGIONS,
+        cli_command="describe-all",
+        fan_out=True,
     )
 )

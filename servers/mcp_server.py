@@ -48,7 +48,7 @@ from gar_tools.engine import Engine, make_engine
 from gar_tools.errors import GarToolsError
 from gar_tools.images import ImagePolicy
 from gar_tools.inputs import MAX_REGIONS
-from gar_tools.results import TINY_MODEL_NOTE, ToolResult
+from gar_tools.results import TINY_MODEL_NOTE, RegionDescription, ToolResult
 from gar_tools.servers.common import BearerTokenMiddleware, RequestLimitsMiddleware, serve_app
 from gar_tools.servers.settings import ServeSettings
 from gar_tools.servers.ui import (
@@ -166,15 +166,27 @@ def _tool_function(spec: ToolSpec) -> Callable[..., Awaitable[CallToolResult]]:
 
         text_so_far = ""
 
+        last: list[RegionDescription] = []
+
+        async def on_item(item: RegionDescription) -> None:
+            last[:] = [item]
+
         async def progress(done: float, total: float | None, delta: str | None) -> None:
             nonlocal text_so_far
+            if spec.fan_out:  # "k of N regions done", and the region just finished
+                item = last[0] if last else None
+                said = (item.text or "")[-PROGRESS_TEXT_CHARS:] if item and item.error is None else "failed"
+                message = f"{delta}; {item.id}: {said}" if item else (delta or "")
+                await ctx.report_progress(done, total, message)
+                return
             text_so_far += delta or ""
             tokens = f"{int(done)} of at most {int(total)} tokens" if total else f"{int(done)} tokens"
             tail = text_so_far[-PROGRESS_TEXT_CHARS:]
             await ctx.report_progress(done, total, f"{tokens}: {tail}" if tail else tokens)
 
         try:
-            result = await state.toolkit.arun(tool, arguments, progress=progress)
+            extra = {"on_item": on_item} if spec.fan_out else {}
+            result = await state.toolkit.arun(tool, arguments, progress=progress, **extra)
         except GarToolsError as exc:
             raise ToolError(str(exc)) from exc
         return tool_result(result)

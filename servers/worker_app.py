@@ -7,7 +7,10 @@ Endpoints (JSON in and out, the same pydantic models as the Python API), one pai
                                       (describe_region, compare_regions, answer_about_regions, …)
     POST /v1/{tool}/stream            the same request -> server-sent events: ``text`` events as tokens come
                                       ({"delta": new text, "progress": tokens so far, "total": max_new_tokens}),
-                                      then one ``result`` (the result model) or ``error`` event
+                                      then one ``result`` (the result model) or ``error`` event. A fan-out tool
+                                      (describe_regions) sends instead one ``region`` event per region as it
+                                      finishes (a RegionDescription) and a ``progress`` event after each
+                                      ({"done": k, "total": N, "message": "k of N regions done"}).
     GET  /v1/model                    ModelInfo
     GET  /healthz                     {"status": "ok", ...}  (no token needed)
     GET  /ui, /ui/...                 the region picker page (no token needed for the page itself) and its small
@@ -43,6 +46,7 @@ from gar_tools.engine import Engine, make_engine
 from gar_tools.engine.http import error_payload
 from gar_tools.errors import CheckpointError, EngineBusyError, EngineError, GarToolsError, InputError
 from gar_tools.inputs import ToolRequest
+from gar_tools.results import RegionDescription
 from gar_tools.servers.common import (
     LOOPBACK_HOSTS,
     LOOPBACK_ORIGINS,
@@ -135,12 +139,23 @@ async def _stream_tool(request: Request) -> Response:
     engine = _engine(request)
     queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
 
+    fan_out = get_tool(tool).fan_out
+
     async def progress(done: float, total: float | None, delta: str | None) -> None:
-        queue.put_nowait(("text", {"delta": delta or "", "progress": done, "total": total}))
+        if fan_out:
+            queue.put_nowait(("progress", {"done": done, "total": total, "message": delta or ""}))
+        else:
+            queue.put_nowait(("text", {"delta": delta or "", "progress": done, "total": total}))
+
+    async def on_item(item: RegionDescription) -> None:
+        queue.put_nowait(("region", item.model_dump(mode="json")))
 
     async def produce() -> None:
         try:
-            result = await engine.run(tool, tool_request, progress)
+            if fan_out:
+                result = await engine.run(tool, tool_request, progress, on_item)
+            else:
+                result = await engine.run(tool, tool_request, progress)
         except GarToolsError as exc:
             queue.put_nowait(("error", error_payload(exc)))
         except Exception as exc:  # noqa: BLE001 - reported to the client as an error event
@@ -154,7 +169,7 @@ async def _stream_tool(request: Request) -> Response:
             while True:
                 event, data = await queue.get()
                 yield _sse(event, data)
-                if event != "text":
+                if event not in ("text", "progress", "region"):
                     return
         finally:
             if not task.done():  # the client went away: stop waiting (the model thread finishes its step)

@@ -62,6 +62,7 @@ VALID: dict[str, dict[str, Any]] = {
         "choices": ["yes", "no"],
         "max_new_tokens": 1,
     },
+    "describe_regions": {"image": IMAGE, "regions": [BOX, {"mask": MASK, "id": "m"}], "max_new_tokens": 1},
 }
 
 
@@ -164,8 +165,8 @@ def _mutate(rng: random.Random, tool: str, request: dict[str, Any]) -> dict[str,
         request[rng.choice(sorted(request))] = _junk(rng)
     elif kind == 3 and region_key == "region":
         request["region"] = _bad_region(rng)
-    elif kind == 3:
-        regions = list(request["regions"])
+    elif kind == 3 and isinstance(request.get("regions"), list) and request["regions"]:  # (a first break may
+        regions = list(request["regions"])  # have removed the list or made it "auto")
         regions[rng.randrange(len(regions))] = _bad_region(rng)
         request["regions"] = regions
     elif kind == 4:
@@ -174,7 +175,7 @@ def _mutate(rng: random.Random, tool: str, request: dict[str, Any]) -> dict[str,
         request["max_new_tokens"] = rng.choice([0, -3, 5000, "1", True, 1.5, None])
     elif kind == 6 and region_key == "regions":
         request["regions"] = rng.choice(
-            [[], [BOX] * 6, [{"id": "a", **BOX}, {"id": "a", **BOX}], "regions", [BOX] * rng.randint(0, 8)]
+            [[], [BOX] * 6, [{"id": "a", **BOX}, {"id": "a", **BOX}], "regions", [BOX] * rng.randint(0, 8), "auto"]
         )
     elif kind == 6:
         request["region"] = rng.choice([[BOX], [BOX, BOX], "box", None])

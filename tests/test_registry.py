@@ -72,7 +72,7 @@ def engine(tiny_pipeline) -> LocalEngine:
 
 
 def test_builtin_registry() -> None:
-    assert tool_names() == ("describe_region", "compare_regions", "answer_about_regions")
+    assert tool_names() == ("describe_region", "compare_regions", "answer_about_regions", "describe_regions")
     with pytest.raises(InputError) as info:
         get_tool("nope")
     assert info.value.field == "tool" and "describe_region" in info.value.reason

@@ -48,6 +48,7 @@ REQUESTS = {
         "choices": ["Yes.", "No."],
         "max_new_tokens": 4,
     },
+    "describe_regions": {"image": IMAGE3, "regions": [*TENNIS[:2], {"box": [0, 0, 0, 0]}], "max_new_tokens": 3},
 }
 
 
@@ -158,6 +159,21 @@ async def test_http_engine_gives_the_local_engine_answers(worker, local_results)
         streamed = await toolkit.arun("describe_region", REQUESTS["describe_region"], progress=on_progress)
         assert _comparable(streamed) == _comparable(local_results["describe_region"])
         assert "".join(deltas).strip() == streamed.text
+    finally:
+        await toolkit.aclose()
+
+
+async def test_http_engine_streams_describe_regions_per_region(worker, local_results):
+    from gar_tools.results import RegionDescription
+
+    toolkit = GarToolkit(make_engine(worker, token=TOKEN, policy=server_policy()))
+    try:
+        items = [item async for item in toolkit.astream("describe_regions", REQUESTS["describe_regions"])]
+        *regions, result = items
+        assert all(isinstance(item, RegionDescription) for item in regions) and len(regions) == 3
+        assert sorted(regions, key=lambda item: item.index) == result.descriptions
+        assert _comparable(result) == _comparable(local_results["describe_regions"])
+        assert result.descriptions[2].error is not None and result.descriptions[2].error.field == "regions[2].box"
     finally:
         await toolkit.aclose()
 

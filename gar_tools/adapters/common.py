@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from gar_tools.images import ImagePolicy
-from gar_tools.inputs import MAX_POINTS, MAX_REGIONS
+from gar_tools.inputs import MAX_DESCRIBE_REGIONS, MAX_POINTS, MAX_REGIONS
 from gar_tools.results import TINY_MODEL_NOTE, ToolResult
 from gar_tools.tools import ToolName, get_tool, tools
 
@@ -86,7 +86,7 @@ def result_text(result: ToolResult) -> str:
 
 
 def usage_guide(policy: ImagePolicy | None = None) -> str:
-    """A Markdown guide to the three tools for an LLM or a person (served as an MCP resource)."""
+    """A Markdown guide to the registered tools for an LLM or a person (served as an MCP resource)."""
     sources = _sources_sentence(policy).strip()
     listing = "\n".join(f"- **{spec.name}** — {spec.description}" for spec in tools())
     return f"""# GAR region tools
@@ -121,7 +121,9 @@ Arguments are checked strictly: numbers must be JSON numbers and `overlay` a JSO
 unknown or misspelt argument is an error naming it.
 
 Add `"id": "dog"` to name a region; ids default to r0, r1, ... At most {MAX_REGIONS} regions per call (GAR has
-{MAX_REGIONS} region slots): split larger sets over several calls.
+{MAX_REGIONS} region slots): split larger sets over several calls — except describe_regions, which describes up to
+{MAX_DESCRIBE_REGIONS} regions each on its own in one call (or, with `"regions": "auto"` on a server with a
+segmenter, every object the segmenter finds, each with its mask as `mask_rle`).
 
 ## Questions
 In answer_about_regions, refer to regions as `<id>` (e.g. `What is <r0> holding?`); every region must be named.

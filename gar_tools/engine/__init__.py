@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from gar_tools._lazy import lazy_getattr
-from gar_tools.engine.base import Engine, Progress
+from gar_tools.engine.base import Engine, ItemCallback, Progress
 from gar_tools.errors import InputError
 from gar_tools.images import ImagePolicy
 
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from gar_tools.engine.local import LocalEngine
     from gar_tools.engine.ray import RayEngine
 
-__all__ = ["Engine", "HttpEngine", "LocalEngine", "Progress", "RayEngine", "make_engine"]
+__all__ = ["Engine", "HttpEngine", "ItemCallback", "LocalEngine", "Progress", "RayEngine", "make_engine"]
 
 _LAZY = {
     "HttpEngine": "gar_tools.engine.http",

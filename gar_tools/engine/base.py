@@ -14,14 +14,19 @@ from typing import Any, TypeAlias
 
 from gar_tools.images import ImagePolicy
 from gar_tools.inputs import ToolRequest
-from gar_tools.results import ModelInfo, ToolResult
+from gar_tools.results import ModelInfo, RegionDescription, ToolResult
 from gar_tools.tools import ToolName
 
-__all__ = ["Engine", "Progress"]
+__all__ = ["Engine", "ItemCallback", "Progress"]
 
 #: ``await progress(tokens_done, tokens_max, text_delta)`` while a request generates: ``text_delta`` is the text
 #: generated since the previous call (possibly empty, e.g. half of a multi-byte character), in order.
 Progress: TypeAlias = Callable[[float, float | None, str | None], Awaitable[None]]
+
+#: ``await on_item(item)`` while a fan-out tool (``describe_regions``) runs: one
+#: :class:`~gar_tools.results.RegionDescription` per region as soon as it is finished (in finishing order). For such a
+#: tool ``progress`` reports regions, not tokens: ``(regions done, regions in all, "k of N regions done")``.
+ItemCallback: TypeAlias = Callable[[RegionDescription], Awaitable[None]]
 
 
 class Engine(ABC):
@@ -34,8 +39,17 @@ class Engine(ABC):
     policy: ImagePolicy
 
     @abstractmethod
-    async def run(self, tool: ToolName, request: ToolRequest, progress: Progress | None = None) -> ToolResult:
-        """Run ``tool`` on ``request`` (already a validated request model) and return its result model."""
+    async def run(
+        self,
+        tool: ToolName,
+        request: ToolRequest,
+        progress: Progress | None = None,
+        on_item: ItemCallback | None = None,
+    ) -> ToolResult:
+        """Run ``tool`` on ``request`` (already a validated request model) and return its result model.
+
+        ``on_item`` receives a fan-out tool's per-region items as they finish (callers pass it only for such a
+        tool, so engines without fan-out tools may leave it out of their signature)."""
 
     @abstractmethod
     async def info(self) -> ModelInfo:

@@ -19,7 +19,7 @@ import weakref
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from gar_tools.engine.base import Engine, Progress
+from gar_tools.engine.base import Engine, ItemCallback, Progress
 from gar_tools.errors import (
     CheckpointError,
     EngineBusyError,
@@ -32,7 +32,7 @@ from gar_tools.errors import (
 from gar_tools.images import ImagePolicy, read_source_bytes
 from gar_tools.inputs import ToolRequest
 from gar_tools.regions import mask_read_error
-from gar_tools.results import ModelInfo, ToolResult
+from gar_tools.results import ModelInfo, RegionDescription, ToolResult
 from gar_tools.tools import ToolName, get_tool
 
 if TYPE_CHECKING:
@@ -116,6 +116,8 @@ def inline_request(tool: ToolName, request: ToolRequest, policy: ImagePolicy) ->
     data["image"] = _data_uri(read_source_bytes(request.image, policy, field="image"))
     regions = spec.regions(request)
     items = [data[spec.regions_field]] if spec.single_region else data[spec.regions_field]
+    if isinstance(items, str):  # regions: "auto" (describe_regions): nothing to inline
+        items = []
     names = [spec.region_field(i) for i in range(len(regions))]
     for index, (region, item, name) in enumerate(zip(regions, items, names, strict=True)):
         if region.mask is None:
@@ -202,13 +204,19 @@ class HttpEngine(Engine):
         raise error_from_payload(payload, status=status, url=self.url)
 
     # --- Engine --------------------------------------------------------------------------------------------------
-    async def run(self, tool: ToolName, request: ToolRequest, progress: Progress | None = None) -> ToolResult:
+    async def run(
+        self,
+        tool: ToolName,
+        request: ToolRequest,
+        progress: Progress | None = None,
+        on_item: ItemCallback | None = None,
+    ) -> ToolResult:
         result_model = get_tool(tool).result_model
         body = await asyncio.to_thread(inline_request, tool, request, self.policy)
-        if progress is None:
+        if progress is None and on_item is None:
             payload = await self._post(f"/v1/{tool}", body)
         else:
-            payload = await self._post_streaming(f"/v1/{tool}/stream", body, progress)
+            payload = await self._post_streaming(f"/v1/{tool}/stream", body, progress, on_item)
         try:
             return result_model.model_validate(payload)
         except ValueError as exc:
@@ -225,14 +233,24 @@ class HttpEngine(Engine):
         except ValueError as exc:
             raise EngineError(f"the GAR worker at {self.url} sent a body that is not JSON") from exc
 
-    async def _post_streaming(self, path: str, body: dict[str, Any], progress: Progress) -> Any:
+    async def _post_streaming(
+        self, path: str, body: dict[str, Any], progress: Progress | None, on_item: ItemCallback | None = None
+    ) -> Any:
         try:
             async with self._client().stream("POST", path, json=body) as response:
                 if response.status_code >= 400:
                     self._raise_for_error(response.status_code, await response.aread())
                 async for event, data in _sse_events(response.aiter_lines()):
-                    if event == "text" and isinstance(data, dict):
+                    if event == "text" and isinstance(data, dict) and progress is not None:
                         await progress(float(data.get("progress", 0)), data.get("total"), str(data.get("delta", "")))
+                    elif event == "progress" and isinstance(data, dict) and progress is not None:
+                        await progress(float(data.get("done", 0)), data.get("total"), str(data.get("message", "")))
+                    elif event == "region" and on_item is not None:
+                        try:
+                            item = RegionDescription.model_validate(data)
+                        except ValueError as exc:
+                            raise EngineError(f"the GAR worker at {self.url} sent a malformed region: {exc}") from exc
+                        await on_item(item)
                     elif event == "result":
                         return data
                     elif event == "error":

@@ -32,9 +32,9 @@ from typing import TYPE_CHECKING, Any
 import pydantic
 from PIL import Image
 
-from gar_tools.engine.base import Engine, Progress
+from gar_tools.engine.base import Engine, ItemCallback, Progress
 from gar_tools.engine.scheduler import ContinuousBatcher
-from gar_tools.errors import InputError
+from gar_tools.errors import GarToolsError, InputError, RegionError
 from gar_tools.images import ImagePolicy, load_image
 from gar_tools.inputs import Region, ToolRequest, validation_error_to_input_error
 from gar_tools.model.decoder import BatchDecoder
@@ -42,9 +42,10 @@ from gar_tools.model.detokenize import TextStream
 from gar_tools.model.modeling import TOKENS_PER_TILE, Geometry
 from gar_tools.model.pipeline import GarPipeline, load
 from gar_tools.model.prompts import SINGLE_REGION_PROMPT_INDEX, prompt_token
-from gar_tools.model.tile_cache import TileFeatureCache, image_digest
-from gar_tools.regions import DecodedRegion, decode_regions, draw_overlay, encode_png_base64, mask_rle
-from gar_tools.results import ModelInfo, RegionInfo, Timings, ToolResult
+from gar_tools.model.rgb import image_digest, to_rgb
+from gar_tools.model.tile_cache import TileFeatureCache
+from gar_tools.regions import DecodedRegion, decode_region, decode_regions, draw_overlay, encode_png_base64, mask_rle
+from gar_tools.results import ModelInfo, RegionDescription, RegionFailure, RegionInfo, Timings, ToolResult
 from gar_tools.segment.cache import ImageValueCache
 from gar_tools.segment.prompts import SegmentPrompt, segment_prompt
 from gar_tools.tools import ToolName, ToolSpec, get_tool
@@ -303,6 +304,17 @@ class LocalEngine(Engine):
         )
         return {"rle": await asyncio.to_thread(mask_rle, result.mask), "score": result.score}
 
+    @staticmethod
+    def _image_tiles(runtime: _Runtime, image: Image.Image) -> tuple[str, Any]:
+        """The image's digest and its resized uint8 tiles, kept per image for the next question on it (exact: they
+        depend only on the image). Off the event loop."""
+        digest = image_digest(image)
+        tiles = runtime.image_tiles.get(digest)
+        if tiles is None:
+            tiles = runtime.pipeline.processor.image_tiles(to_rgb(image, copy=False))
+            runtime.image_tiles.put(digest, tiles)
+        return digest, tiles
+
     def _segment_regions(self, job: Job) -> None:
         """The segmenter hook (auxiliary thread): replace ``job.regions``' prompts by the segmenter's masks."""
         if not any(isinstance(region, SegmentPrompt) for region in job.regions):
@@ -315,7 +327,15 @@ class LocalEngine(Engine):
         job.segment_ms = (time.perf_counter() - started) * 1000
 
     # --- running -------------------------------------------------------------------------------------------------
-    async def run(self, tool: ToolName, request: ToolRequest, progress: Progress | None = None) -> ToolResult:
+    async def run(
+        self,
+        tool: ToolName,
+        request: ToolRequest,
+        progress: Progress | None = None,
+        on_item: ItemCallback | None = None,
+    ) -> ToolResult:
+        if get_tool(tool).fan_out:
+            return await self._run_fan_out(get_tool(tool), request, progress, on_item)
         loop = asyncio.get_running_loop()
         segmenting = self.segmenter_name is not None
         job = await asyncio.to_thread(functools.partial(build_job, segmenter=segmenting), tool, request, self.policy)
@@ -328,11 +348,7 @@ class LocalEngine(Engine):
 
         def prepare() -> tuple[Any, str, float]:
             begin = time.perf_counter()
-            digest = image_digest(job.image)
-            tiles = runtime.image_tiles.get(digest)  # the resized image of an earlier question on this image
-            if tiles is None:
-                tiles = pipeline.processor.image_tiles(job.image)
-                runtime.image_tiles.put(digest, tiles)
+            digest, tiles = self._image_tiles(runtime, job.image)
             prepared = pipeline.prepare(job.image, [r.mask for r in job.regions], job.question, image_tiles=tiles)
             return prepared, digest, (time.perf_counter() - begin) * 1000
 
@@ -385,6 +401,181 @@ class LocalEngine(Engine):
             ),
             overlay_png=overlay,
             **job.spec.finish(request, stream.text),
+        )
+
+    # --- fan-out tools (describe_regions) ---------------------------------------------------------------------------
+    def _fan_out_regions(self, spec: ToolSpec, request: ToolRequest, image: Image.Image) -> list[Any]:
+        """Auxiliary thread: per region, a :class:`DecodedRegion` or the :class:`GarToolsError` it failed with; for
+        ``"auto"``, the segmenter's proposals. Errors about the request as a whole (duplicate ids, no segmenter for
+        ``"auto"``) are raised."""
+        if getattr(request, spec.regions_field) == "auto":
+            if self.segmenter_name is None:
+                from gar_tools.segment.prompts import SEGMENTER_HINT
+
+                raise InputError(
+                    f'regions: "auto" has the segmenter propose the regions, but none is configured; {SEGMENTER_HINT}',
+                    field=spec.regions_field,
+                )
+            from gar_tools.segment.automatic import generate_masks, proposed_regions
+
+            return proposed_regions(generate_masks(self.segmenter, image, getattr(request, "auto", None)))  # type: ignore[arg-type]
+        given = spec.regions(request)
+        seen: dict[str, int] = {}
+        for i, region in enumerate(given):
+            rid = region.id if region.id is not None else f"r{i}"
+            if rid in seen:
+                raise RegionError(
+                    f"id {rid!r} is already used by {spec.region_field(seen[rid])}; ids must be unique (regions "
+                    "without an id get r0, r1, ... by position)",
+                    field=f"{spec.region_field(i)}.id",
+                )
+            seen[rid] = i
+        out: list[Any] = []
+        segmenting = self.segmenter_name is not None
+        for i, region in enumerate(given):
+            try:
+                out.append(
+                    decode_region(
+                        region,
+                        image.size,
+                        index=i,
+                        policy=self.policy,
+                        field=spec.region_field(i),
+                        segmenter=segmenting,
+                    )
+                )
+            except GarToolsError as exc:
+                out.append(exc)
+        if any(isinstance(r, SegmentPrompt) for r in out):
+            from gar_tools.segment.resolve import resolve_regions
+
+            segmenter = self.segmenter
+            for i, r in enumerate(out):
+                if isinstance(r, SegmentPrompt):
+                    try:
+                        out[i] = resolve_regions(image, [r], segmenter)[0]
+                    except GarToolsError as exc:
+                        out[i] = exc
+        return out
+
+    async def _run_fan_out(
+        self, spec: ToolSpec, request: ToolRequest, progress: Progress | None, on_item: ItemCallback | None
+    ) -> ToolResult:
+        """Each region its own single-region generation (``spec.question`` for it alone), all submitted to the
+        batcher together over one decoded image (and so one set of cached tile features); items stream out as
+        regions finish. Cancelling cancels every region's request."""
+        loop = asyncio.get_running_loop()
+        begin = time.perf_counter()
+        image = await asyncio.to_thread(load_image, request.image, self.policy, field="image")
+        runtime = self._runtime or await loop.run_in_executor(self._loader, self._ready)
+        load_ms = (time.perf_counter() - begin) * 1000
+        pipeline = runtime.pipeline
+        proposed = getattr(request, spec.regions_field) == "auto"
+        segment_start = time.perf_counter()
+        outcomes = await loop.run_in_executor(self._loader, self._fan_out_regions, spec, request, image)
+        segmented = proposed or any(getattr(r, "source", "").startswith("sam:") for r in outcomes)
+        segment_ms = (time.perf_counter() - segment_start) * 1000 if segmented else 0.0
+        digest, image_tiles = await asyncio.to_thread(self._image_tiles, runtime, image)  # once for every region
+        total = len(outcomes)
+        items: list[RegionDescription | None] = [None] * total
+        stats = {"encode_ms": 0.0, "prefill_ms": 0.0, "queue_ms": 0.0, "tokens": 0}
+        done = 0
+
+        async def finished(item: RegionDescription) -> None:
+            nonlocal done
+            items[item.index] = item
+            done += 1
+            if on_item is not None:
+                await on_item(item)
+            if progress is not None:
+                await progress(float(done), float(total), f"{done} of {total} regions done")
+
+        def failure(index: int, rid: str, exc: GarToolsError) -> RegionDescription:
+            reason, field = getattr(exc, "reason", None), getattr(exc, "field", None)
+            return RegionDescription(
+                index=index,
+                id=rid,
+                error=RegionFailure(type=type(exc).__name__, message=str(exc), field=field, reason=reason),
+            )
+
+        # At most one batch (plus one being prepared) in flight: the batch stays full and the queue stays free for
+        # other callers.
+        window = asyncio.Semaphore(int(runtime.batcher.stats()["max_batch_size"]) + 1)
+
+        async def describe(index: int, region: DecodedRegion) -> None:
+            async with window:
+                await describe_now(index, region)
+
+        async def describe_now(index: int, region: DecodedRegion) -> None:
+            question = spec.question(request, [region.id])
+            indices = [SINGLE_REGION_PROMPT_INDEX] if question is None else [0]
+            started = time.perf_counter()
+            prepared = await asyncio.to_thread(
+                functools.partial(pipeline.prepare, image_tiles=image_tiles), image, [region.mask], question
+            )
+            stats["encode_ms"] += (time.perf_counter() - started) * 1000
+            stream = TextStream(pipeline.processor.tokenizer)
+            handle = runtime.batcher.submit(
+                lambda: pipeline.embed(prepared, runtime.tiles.image_features(pipeline.model, prepared, digest)),
+                max_new_tokens=request.max_new_tokens,
+                eos_token_ids=runtime.eos_token_ids,
+                on_token=lambda ids: stream.push(ids),
+                loop=loop,
+            )
+            output = await handle  # cancelling this task cancels the request and frees its slot
+            stream.finish()
+            stats["encode_ms"] += output.encode_ms
+            stats["prefill_ms"] += output.prefill_ms
+            stats["queue_ms"] = max(stats["queue_ms"], output.queue_ms + output.wait_ms)
+            stats["tokens"] += len(output.token_ids)
+            info = await asyncio.to_thread(_region_info, region, indices[0])
+            await finished(
+                RegionDescription(
+                    index=index, id=region.id, text=stream.text, region=info, tokens_generated=len(output.token_ids)
+                )
+            )
+
+        generate_start = time.perf_counter()
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            for index, outcome in enumerate(outcomes):
+                if isinstance(outcome, GarToolsError):
+                    rid = spec.regions(request)[index].id or f"r{index}"
+                    await finished(failure(index, rid, outcome))
+                else:
+                    tasks.append(asyncio.create_task(describe(index, outcome)))
+            if tasks:
+                await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+        generate_ms = (time.perf_counter() - generate_start) * 1000
+        results = [item for item in items if item is not None]
+        described = [item for item in results if item.region is not None]
+        overlay = None
+        if request.overlay:
+            shown = [r for r in outcomes if isinstance(r, DecodedRegion)]
+            overlay = encode_png_base64(await asyncio.to_thread(draw_overlay, image, shown))
+        return spec.result_model(
+            text="\n".join(f"{item.id}: {item.text}" for item in described),
+            regions=[item.region for item in described],
+            image_size=list(image.size),
+            model=pipeline.name,
+            tiny_model=pipeline.is_tiny,
+            timings=Timings(
+                load_ms=load_ms,
+                queue_ms=stats["queue_ms"],
+                encode_ms=stats["encode_ms"],
+                prefill_ms=stats["prefill_ms"],
+                generate_ms=generate_ms,
+                tokens_generated=int(stats["tokens"]),
+                segment_ms=segment_ms,
+            ),
+            overlay_png=overlay,
+            descriptions=results,
+            proposed=proposed,
         )
 
     # --- lifecycle -----------------------------------------------------------------------------------------------

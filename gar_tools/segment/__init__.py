@@ -6,7 +6,8 @@
 - :mod:`~gar_tools.segment.segmenter` — a loaded SAM-family model: embed once per image, best mask per prompt;
 - :mod:`~gar_tools.segment.loading` — :func:`load_segmenter` by hub id or folder;
 - :mod:`~gar_tools.segment.tiny` — the random ``tiny-sam`` test checkpoint;
-- :mod:`~gar_tools.segment.resolve` — the engine's hook: prompts to masks in one call.
+- :mod:`~gar_tools.segment.resolve` — the engine's hook: prompts to masks in one call;
+- :mod:`~gar_tools.segment.automatic` — automatic mask generation (a point grid, thresholds, NMS, caps).
 
 Names are imported lazily, so the torch-free parts stay cheap to import.
 """
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING
 from gar_tools._lazy import lazy_getattr
 
 if TYPE_CHECKING:
+    from gar_tools.segment.automatic import generate_masks
     from gar_tools.segment.cache import ImageValueCache, image_digest
     from gar_tools.segment.loading import load_segmenter
     from gar_tools.segment.prompts import SegmentPrompt, segment_prompt
@@ -33,6 +35,7 @@ __all__ = [
     "Segmentation",
     "Segmenter",
     "build_tiny_sam",
+    "generate_masks",
     "image_digest",
     "load_segmenter",
     "rasterize_scribble",
@@ -42,6 +45,7 @@ __all__ = [
 ]
 
 _LAZY = {
+    "generate_masks": "gar_tools.segment.automatic",
     "ImageValueCache": "gar_tools.segment.cache",
     "image_digest": "gar_tools.segment.cache",
     "load_segmenter": "gar_tools.segment.loading",
