@@ -216,6 +216,8 @@ def _decode_base64(text: str, policy: ImagePolicy, field: str, what: str) -> byt
     compact = _WHITESPACE.sub("", text)
     if len(compact) * 3 // 4 > policy.max_bytes + 2:
         raise _too_big(len(compact) * 3 // 4, policy, field, what)
+    if any(c in compact for c in "+/") and any(c in compact for c in "-_"):
+        return None  # one alphabet or the other, never both: such text is a path, not base64
     for altchars in (None, b"-_"):
         try:
             data = base64.b64decode(compact, altchars=altchars, validate=True)

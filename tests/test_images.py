@@ -723,3 +723,13 @@ def test_each_checked_address_is_tried(local_server: str, fake_dns: dict[str, li
     fake_dns["twice.test"] = ["127.0.0.2", "127.0.0.1"]  # nothing listens on 127.0.0.2
     assert load_image(f"http://twice.test:{port}/ok.png", LOOPBACK_OK).size == (32, 24)
     assert _Handler.hosts == [f"twice.test:{port}"]
+
+
+def test_a_path_is_never_read_as_base64() -> None:
+    """Base64 uses one alphabet: text mixing ``/`` with ``-`` or ``_`` (any path with a dash) is a path, however
+    long; a missing one says so instead of 'not a readable image'."""
+    for path in ("/tmp/pytest-of-root/no_such/dir0", "/tmp/a-b/c_d/efgh/ijkl/mnop/qrst"):
+        assert len(path) % 4 == 0
+        with pytest.raises(ImageError) as info:
+            load_image(path, ImagePolicy())
+        assert "not an existing file" in info.value.reason, info.value.reason
