@@ -26,6 +26,7 @@ import os
 import shutil
 import tempfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -383,26 +384,33 @@ def _cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gar-tools"
 
 
-def tiny_checkpoint_path(seed: int = 0) -> Path:
-    """The cached tiny checkpoint folder, built on first use (atomically, so concurrent builders are safe)."""
+def cached_build(prefix: str, version: int, seed: int, build: Callable[[Path], object], done_file: str) -> Path:
+    """The cache folder ``prefix-<key>`` (key: ``version``, ``seed``, transformers and torch versions), built by
+    ``build(folder)`` on first use in a staging folder and renamed into place (so concurrent builders are safe).
+    It counts as built once it holds ``config.json`` and ``done_file``."""
     import transformers
 
-    key = hashlib.sha256(
-        f"{TINY_SPEC_VERSION}-{seed}-{transformers.__version__}-{torch.__version__}".encode()
-    ).hexdigest()
-    target = _cache_root() / f"tiny-{key[:12]}"
-    if (target / "config.json").is_file() and (target / "tokenizer.json").is_file():
+    key = hashlib.sha256(f"{version}-{seed}-{transformers.__version__}-{torch.__version__}".encode()).hexdigest()
+    target = _cache_root() / f"{prefix}-{key[:12]}"
+    if (target / "config.json").is_file() and (target / done_file).is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix="tiny-build-", dir=target.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f"{prefix}-build-", dir=target.parent))
     try:
-        build_tiny_checkpoint(staging, seed=seed)
+        build(staging)
         try:
             staging.rename(target)
         except OSError:
-            if not (target / "tokenizer.json").is_file():
+            if not (target / done_file).is_file():
                 raise
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def tiny_checkpoint_path(seed: int = 0) -> Path:
+    """The cached tiny checkpoint folder, built on first use (atomically, so concurrent builders are safe)."""
+    return cached_build(
+        "tiny", TINY_SPEC_VERSION, seed, lambda folder: build_tiny_checkpoint(folder, seed=seed), "tokenizer.json"
+    )

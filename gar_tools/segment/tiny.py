@@ -9,14 +9,11 @@ a real checkpoint folder is.
 
 from __future__ import annotations
 
-import hashlib
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
-from gar_tools.model.tiny import _cache_root
+from gar_tools.model.tiny import cached_build
 
 __all__ = ["TINY_SAM_NAME", "TINY_SAM_SPEC_VERSION", "build_tiny_sam", "tiny_sam_path"]
 
@@ -93,24 +90,6 @@ def build_tiny_sam(folder: Path, *, seed: int = 0) -> Path:
 
 def tiny_sam_path(seed: int = 0) -> Path:
     """The cached tiny SAM folder, built on first use (atomically, so concurrent builders are safe)."""
-    import transformers
-
-    key = hashlib.sha256(
-        f"{TINY_SAM_SPEC_VERSION}-{seed}-{transformers.__version__}-{torch.__version__}".encode()
-    ).hexdigest()
-    target = _cache_root() / f"tiny-sam-{key[:12]}"
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix="tiny-sam-build-", dir=target.parent))
-    try:
-        build_tiny_sam(staging, seed=seed)
-        try:
-            staging.rename(target)
-        except OSError:
-            if not (target / "model.safetensors").is_file():
-                raise
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return cached_build(
+        "tiny-sam", TINY_SAM_SPEC_VERSION, seed, lambda folder: build_tiny_sam(folder, seed=seed), "model.safetensors"
+    )
