@@ -42,26 +42,24 @@ _COMMON_FIELDS = ("image", "max_new_tokens", "overlay")
 # --- argument types and actions --------------------------------------------------------------------------------------
 
 
-def _box(text: str) -> list[float]:
-    parts = text.replace(" ", "").split(",")
+def _numbers(text: str, names: str) -> list[float]:
+    """``X1,Y1,…`` as floats, exactly as many as ``names`` has comma-separated parts (an argparse type)."""
+    count = names.count(",") + 1
     try:
-        values = [float(p) for p in parts]
+        values = [float(p) for p in text.replace(" ", "").split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--box {text!r}: expected four numbers X1,Y1,X2,Y2 in pixels") from None
-    if len(values) != 4:
-        raise argparse.ArgumentTypeError(f"--box {text!r}: expected four numbers X1,Y1,X2,Y2, got {len(values)}")
+        raise argparse.ArgumentTypeError(f"{text!r}: expected {count} numbers {names} in pixels") from None
+    if len(values) != count:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected {count} numbers {names}, got {len(values)}")
     return values
+
+
+def _box(text: str) -> list[float]:
+    return _numbers(text, "X1,Y1,X2,Y2")
 
 
 def _point(text: str) -> list[float]:
-    parts = text.replace(" ", "").split(",")
-    try:
-        values = [float(p) for p in parts]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a point X,Y in pixels") from None
-    if len(values) != 2:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected two numbers X,Y, got {len(values)}")
-    return values
+    return _numbers(text, "X,Y")
 
 
 def _scribble(text: str) -> list[list[float]]:
