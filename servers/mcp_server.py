@@ -45,6 +45,7 @@ from gar_tools import __version__
 from gar_tools.adapters.common import result_json, tool_description, usage_guide
 from gar_tools.catalog import ASSETS_DIR, example_calls, example_catalog
 from gar_tools.engine import Engine, make_engine
+from gar_tools.engine.allocator import tune_allocator
 from gar_tools.errors import GarToolsError
 from gar_tools.images import ImagePolicy
 from gar_tools.inputs import MAX_REGIONS
@@ -254,6 +255,8 @@ def create_server(
         if engine_factory is not None:
             engine = engine_factory()
         else:
+            if settings.engine == "local":
+                tune_allocator()  # this process holds the model: keep its resident memory flat (engine/allocator.py)
             engine = make_engine(
                 settings.engine,
                 model=settings.model,

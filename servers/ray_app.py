@@ -37,6 +37,7 @@ from ray.serve import Application
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gar_tools.engine import Engine, make_engine
+from gar_tools.engine.allocator import tune_allocator
 from gar_tools.engine.http import error_payload
 from gar_tools.errors import EngineError, GarToolsError, InputError
 from gar_tools.servers.common import is_loopback
@@ -196,6 +197,7 @@ class GarWorker:
     def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
         self.replica = serve.get_replica_context().replica_tag
+        tune_allocator()  # the replica's process holds the model: keep its resident memory flat
         self.engine: Engine = make_engine(
             "local", model=settings.model, policy=settings.policy, **settings.engine_kwargs
         )

@@ -43,6 +43,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from gar_tools.engine import Engine, make_engine
+from gar_tools.engine.allocator import tune_allocator
 from gar_tools.engine.http import error_payload
 from gar_tools.errors import CheckpointError, EngineBusyError, EngineError, GarToolsError, InputError
 from gar_tools.inputs import ToolRequest
@@ -231,6 +232,7 @@ def create_worker_app(
     def build() -> Engine:
         if engine_factory is not None:
             return engine_factory()
+        tune_allocator()  # this process holds the model: keep its resident memory flat (engine/allocator.py)
         return make_engine("local", model=settings.model, policy=settings.policy, **settings.engine_kwargs)
 
     @asynccontextmanager

@@ -1,12 +1,17 @@
-"""Run many requests through a LocalEngine in a fresh process and print its RSS after 50 and after all of them.
+"""Run many requests through a LocalEngine in a fresh process, as a worker process does; print its RSS figures.
 
 Used by ``tests/test_local_engine.py`` (a subprocess, so the figure is this engine's alone, without the test session's
-other objects or Triton's interpreter). Tiny random-weight model: its text is meaningless.
+other objects or Triton's interpreter). The servers tune glibc's allocator before they build a local engine
+(``gar_tools/engine/allocator.py``); so does this probe. RSS is read after every request: "settled" is the highest
+reading over requests ``settle/2 … settle``, "final" the highest over the last ``settle/2`` requests (one reading
+alone may land between a request's buffers being allocated and freed). Python objects are counted after a
+collection at both points. Tiny random-weight model: its text is meaningless.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import sys
 import tempfile
@@ -15,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from gar_tools.engine.allocator import tune_allocator
 from gar_tools.engine.local import LocalEngine
 from gar_tools.toolkit import GarToolkit
 
@@ -24,7 +30,13 @@ def rss() -> int:
         return int(statm.read().split()[1]) * 4096
 
 
-async def main(total: int, settle: int) -> dict[str, int]:
+def python_objects() -> int:
+    gc.collect()
+    return len(gc.get_objects())
+
+
+async def main(total: int, settle: int) -> dict[str, object]:
+    tuned = tune_allocator()
     folder = Path(tempfile.mkdtemp())
     images = []
     for k in range(5):  # five small images (one tile each): the tile caches keep filling and evicting
@@ -32,15 +44,27 @@ async def main(total: int, settle: int) -> dict[str, int]:
         Image.fromarray(np.random.default_rng(k).integers(0, 255, (96, 128, 3), dtype=np.uint8)).save(path)
         images.append(str(path))
     engine = LocalEngine("tiny", device="cpu", dtype="fp32", tile_cache_bytes=2 * 2**20)
-    settled = 0
+    readings: list[int] = []
+    objects: dict[str, int] = {}
     async with GarToolkit(engine) as toolkit:
         for i in range(total):
             request = {"image": images[i % 5], "region": {"box": [0, 0, 20 + i % 7, 20]}, "max_new_tokens": 1}
             await toolkit.arun("describe_region", request)
+            readings.append(rss())
             if i + 1 == settle:
-                settled = rss()
-        final = rss()
-    return {"requests": total, "settled_after": settle, "settled_rss": settled, "final_rss": final}
+                objects["settled"] = python_objects()
+        objects["final"] = python_objects()
+    window = max(1, settle // 2)
+    return {
+        "requests": total,
+        "settled_after": settle,
+        "allocator_tuned": tuned,
+        "settled_rss": max(readings[settle - window : settle]),
+        "final_rss": max(readings[-window:]),
+        "rss_mb_every_50": [readings[k] >> 20 for k in range(49, total, 50)],
+        "settled_python_objects": objects["settled"],
+        "final_python_objects": objects["final"],
+    }
 
 
 if __name__ == "__main__":
