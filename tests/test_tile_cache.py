@@ -158,3 +158,28 @@ def test_cuda_cached_features_equal_uncached_through_the_same_chunks(tiny_pipeli
         assert cache.stats()["tile_hits"] > 0
     finally:
         tiny_pipeline.model.to("cpu")
+
+
+@pytest.mark.parametrize("norm", [(0.5, 0.5), (0.5 - 2 / 255, 0.5)])  # GAR's; one where map values 3, 4 decode as 5
+def test_lazy_normalization_and_uint8_touched_tiles_match_the_full_tensors(tiny_pipeline, demo3, norm) -> None:
+    """A request normalizes only the tiles it encodes and reads touched tiles from the uint8 map: the same values
+    and the same tiles as the full normalized tensors give (bit for bit), for any normalization."""
+    import dataclasses
+
+    from gar_tools.model.tile_cache import touched_prompt_tiles
+
+    image, masks = demo3
+    mean, std = norm
+    prepared = dataclasses.replace(
+        tiny_pipeline.prepare(image, masks[:2], "<Prompt0> and <Prompt1>?"),
+        image_mean=(mean,) * 3,
+        image_std=(std,) * 3,
+    )
+    count = prepared.image_tiles.shape[0]
+    for index in ([0], [count - 1, 1], list(range(count))):
+        assert torch.equal(prepared.tile_pixel_values(index), prepared.pixel_values[index])
+        assert torch.equal(prepared.tile_prompt_pixel_values(index), prepared.prompt_pixel_values[index])
+    expected = touched_tiles(prepared.prompt_pixel_values, 5).tolist()
+    assert touched_prompt_tiles(prepared, 5) == expected and 0 < sum(expected) < count
+    background = dataclasses.replace(prepared, prompt_tiles=torch.full_like(prepared.prompt_tiles, 5))
+    assert touched_prompt_tiles(background, 5) == [False] * count

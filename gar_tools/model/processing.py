@@ -21,6 +21,7 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ __all__ = [
     "UserText",
     "select_tile_grid",
     "visual_prompt_map",
+    "normalize_prompt_tiles",
     "region_box",
     "load_chat_template",
     "load_image_processor_config",
@@ -237,35 +239,70 @@ def _trimmed(parts: Sequence[PromptPart]) -> list[PromptPart]:
 
 
 # --- prepared inputs -------------------------------------------------------------------------------------------
+def normalize_prompt_tiles(tiles: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """float32 ``[N, 3, 448, 448]`` from uint8 ``[N, 1, 448, 448]`` visual-prompt tiles, normalized like the image."""
+    if len(set(mean)) == 1 and len(set(std)) == 1:
+        # every channel is normalized alike (GAR: 0.5 / 0.5): normalize one, view it as three (no copies)
+        return normalize_tiles(tiles, list(mean)[:1], list(std)[:1]).expand(-1, 3, -1, -1)
+    return normalize_tiles(tiles.expand(-1, 3, -1, -1), mean, std)
+
+
 @dataclass
 class PreparedInputs:
     """Everything GAR's forward pass needs, inspectable step by step.
 
+    The tiles are kept as uint8 and normalized when read (:attr:`pixel_values`, :attr:`prompt_pixel_values`, once
+    each) or for some tiles only (:meth:`tile_pixel_values`, :meth:`tile_prompt_pixel_values`: the same float32
+    values, bit for bit, as the rows of the full tensors): a request whose other tiles' features are cached
+    normalizes only the tiles it encodes.
+
     Attributes:
         input_ids: [1, L] token ids (exactly one leading ``<|begin_of_text|>``).
-        pixel_values: [1 + T, 3, 448, 448] normalized thumbnail + tiles (row-major).
-        prompt_pixel_values: [1 + T, 3, 448, 448] the visual-prompt map, tiled the same way with NEAREST.
+        image_tiles: uint8 [1 + T, 3, 448, 448] thumbnail + tiles (row-major), bicubic.
+        prompt_tiles: uint8 [1 + T, 1, 448, 448] the visual-prompt map, tiled the same way with NEAREST.
         grid: ``(ncw, nch)``: tile columns and rows, ``T = ncw · nch``.
         boxes: [R, 4] float32 normalized region boxes, in prompt-index order.
         prompt_indices: the prompt index ``k`` (``<Prompt{k}>``) of each region, in the caller's region order.
         slot_starts: [R] position in ``input_ids`` of each region's first slot token, in prompt-index order.
         text: the prompt text before the chat template (slots written as tokens).
         image_size: ``(width, height)`` of the image.
+        image_mean, image_std: the checkpoint's per-channel normalization.
     """
 
     input_ids: torch.Tensor
-    pixel_values: torch.Tensor
-    prompt_pixel_values: torch.Tensor
+    image_tiles: torch.Tensor
+    prompt_tiles: torch.Tensor
     grid: tuple[int, int]
     boxes: torch.Tensor
     prompt_indices: list[int]
     slot_starts: torch.Tensor
     text: str
     image_size: tuple[int, int]
+    image_mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    image_std: tuple[float, ...] = (0.5, 0.5, 0.5)
 
     @property
     def num_tiles(self) -> int:
         return self.grid[0] * self.grid[1]
+
+    @cached_property
+    def pixel_values(self) -> torch.Tensor:
+        """[1 + T, 3, 448, 448] float32 normalized thumbnail + tiles."""
+        return normalize_tiles(self.image_tiles, self.image_mean, self.image_std)
+
+    @cached_property
+    def prompt_pixel_values(self) -> torch.Tensor:
+        """[1 + T, 3, 448, 448] float32 the visual-prompt map, normalized like the image (the same on all three
+        channels)."""
+        return normalize_prompt_tiles(self.prompt_tiles, self.image_mean, self.image_std)
+
+    def tile_pixel_values(self, index: Sequence[int]) -> torch.Tensor:
+        """``pixel_values[index]``, normalizing only those tiles."""
+        return normalize_tiles(self.image_tiles[list(index)], self.image_mean, self.image_std)
+
+    def tile_prompt_pixel_values(self, index: Sequence[int]) -> torch.Tensor:
+        """``prompt_pixel_values[index]``, normalizing only those tiles."""
+        return normalize_prompt_tiles(self.prompt_tiles[list(index)], self.image_mean, self.image_std)
 
 
 class GarProcessor:
@@ -335,15 +372,15 @@ class GarProcessor:
         tiles = self.image_tiles(image) if image_tiles is None else image_tiles
         return normalize_tiles(tiles, self.image_mean, self.image_std)
 
-    def prompt_pixel_values(self, prompt_map: np.ndarray) -> torch.Tensor:
-        """[1 + T, 3, 448, 448] the visual-prompt map through the same tiling, with NEAREST resampling."""
+    def prompt_tiles(self, prompt_map: np.ndarray) -> torch.Tensor:
+        """uint8 [1 + T, 1, 448, 448] the visual-prompt map through the image's tiling, with NEAREST resampling."""
         height, width = prompt_map.shape
         grid = self.tile_grid((width, height))
-        tiles = tile_uint8(image_to_uint8_tensor(prompt_map), grid, self.tile_size, "nearest")  # [1 + T, 1, …]
-        if len(set(self.image_mean)) == 1 and len(set(self.image_std)) == 1:
-            # every channel is normalized alike (GAR: 0.5 / 0.5): normalize one, view it as three (no copies)
-            return normalize_tiles(tiles, self.image_mean[:1], self.image_std[:1]).expand(-1, 3, -1, -1)
-        return normalize_tiles(tiles.expand(-1, 3, -1, -1), self.image_mean, self.image_std)
+        return tile_uint8(image_to_uint8_tensor(prompt_map), grid, self.tile_size, "nearest")
+
+    def prompt_pixel_values(self, prompt_map: np.ndarray) -> torch.Tensor:
+        """[1 + T, 3, 448, 448] the visual-prompt map through the same tiling, with NEAREST, normalized."""
+        return normalize_prompt_tiles(self.prompt_tiles(prompt_map), self.image_mean, self.image_std)
 
     def _plain_ids(self, text: str) -> list[int]:
         """Token ids of ``text`` with no added or special token recognised (normalizer, pre-tokenizer, model only).
@@ -480,11 +517,11 @@ class GarProcessor:
         prompt_indices = [SINGLE_REGION_PROMPT_INDEX] if question is None else list(range(count))
 
         grid = self.tile_grid((width, height))
-        pixel_values = self.pixel_values(image, image_tiles)
+        tiles = self.image_tiles(image) if image_tiles is None else image_tiles
         prompt_map = visual_prompt_map(bool_masks, prompt_indices, self.config.prompt_numbers)
-        prompt_pixel_values = self.prompt_pixel_values(prompt_map)
-        if pixel_values.shape[0] != 1 + grid[0] * grid[1]:
-            raise RuntimeError(f"image processor made {pixel_values.shape[0]} tiles, expected 1 + {grid[0]}·{grid[1]}")
+        prompt_tiles = self.prompt_tiles(prompt_map)
+        if tiles.shape[0] != 1 + grid[0] * grid[1]:
+            raise RuntimeError(f"image processor made {tiles.shape[0]} tiles, expected 1 + {grid[0]}·{grid[1]}")
 
         parts = self.prompt_parts(prompt_indices, question)
         text = "".join(p if isinstance(p, str) else p.text for p in parts)
@@ -501,12 +538,14 @@ class GarProcessor:
             slot_starts.append(int(positions[0]))
         return PreparedInputs(
             input_ids=input_ids,
-            pixel_values=pixel_values,
-            prompt_pixel_values=prompt_pixel_values,
+            image_tiles=tiles,
+            prompt_tiles=prompt_tiles,
             grid=grid,
             boxes=boxes,
             prompt_indices=prompt_indices,
             slot_starts=torch.tensor(slot_starts, dtype=torch.long),
             text=text,
             image_size=(width, height),
+            image_mean=tuple(self.image_mean),
+            image_std=tuple(self.image_std),
         )

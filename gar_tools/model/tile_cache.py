@@ -18,10 +18,17 @@ from dataclasses import dataclass, field
 import torch
 
 from gar_tools.model.modeling import GarModel, decode_prompt_map
-from gar_tools.model.processing import PreparedInputs
+from gar_tools.model.processing import PreparedInputs, normalize_prompt_tiles
 from gar_tools.model.rgb import image_digest
 
-__all__ = ["TileFeatureCache", "image_digest", "touched_tiles", "DEFAULT_CPU_BYTES", "DEFAULT_CUDA_BYTES"]
+__all__ = [
+    "TileFeatureCache",
+    "image_digest",
+    "touched_tiles",
+    "touched_prompt_tiles",
+    "DEFAULT_CPU_BYTES",
+    "DEFAULT_CUDA_BYTES",
+]
 
 #: Default bound on CPU: 256 MiB (≈ 128 tiles of GAR-1B in fp32 — 7 full images; thousands with the tiny model).
 DEFAULT_CPU_BYTES = 256 * 2**20
@@ -35,6 +42,23 @@ def touched_tiles(prompt_pixel_values: torch.Tensor, prompt_numbers: int) -> tor
     """Bool ``[1 + T]``: which of thumbnail and tiles hold any region pixel, decoded as the model decodes them."""
     first_channel = prompt_pixel_values[:, :1]  # the map is the same on all three channels
     return decode_prompt_map(first_channel, prompt_numbers).flatten(1).any(dim=1).cpu()
+
+
+def touched_prompt_tiles(prepared: PreparedInputs, prompt_numbers: int) -> list[bool]:
+    """:func:`touched_tiles` of ``prepared.prompt_pixel_values``, read from its uint8 tiles without normalizing them.
+
+    A map value's meaning depends on nothing but the value, so the model's own decoding is run once on each of
+    the 256 uint8 values (normalized as the prompt tiles are). When exactly the values below ``prompt_numbers`` mean
+    "in a region" (GAR's normalization), a tile is touched when its smallest value is one of them; otherwise when
+    any value it holds is (counted with ``bincount``).
+    """
+    values = torch.arange(256, dtype=torch.uint8).view(1, 1, 1, 256)
+    normalized = normalize_prompt_tiles(values, prepared.image_mean, prepared.image_std)[:, :1]
+    in_region = decode_prompt_map(normalized, prompt_numbers).flatten().bool()  # [256]
+    flat = prepared.prompt_tiles[:, 0].reshape(prepared.prompt_tiles.shape[0], -1)  # [1 + T, 448·448] uint8
+    if torch.equal(in_region, torch.arange(256) < prompt_numbers):
+        return (flat.amin(dim=1) < prompt_numbers).tolist()
+    return [bool(in_region[torch.bincount(row, minlength=256) > 0].any()) for row in flat]
 
 
 @dataclass
@@ -118,8 +142,8 @@ class TileFeatureCache:
         Untouched tiles encoded here get an exactly zero mask embedding, so what is stored equals their no-mask
         features.
         """
-        count = int(prepared.pixel_values.shape[0])  # 1 + T
-        touched = touched_tiles(prepared.prompt_pixel_values, model.config.prompt_numbers).tolist()
+        count = int(prepared.image_tiles.shape[0])  # 1 + T
+        touched = touched_prompt_tiles(prepared, model.config.prompt_numbers)
         key = self.key(model, digest, prepared.grid)
         entry = self._entries.get(key)
         if entry is not None:
@@ -131,8 +155,7 @@ class TileFeatureCache:
         self.encoded += len(encode)
         parts: dict[int, torch.Tensor] = dict(reused)
         if encode:
-            index = torch.tensor(encode)
-            fresh = self._encode(model, prepared.pixel_values[index], prepared.prompt_pixel_values[index])
+            fresh = self._encode(model, prepared.tile_pixel_values(encode), prepared.tile_prompt_pixel_values(encode))
             for row, tile in enumerate(encode):  # [len(encode), 256, hidden]
                 parts[tile] = fresh[row]
             self._store(key, {tile: fresh[row].clone() for row, tile in enumerate(encode) if not touched[tile]})
