@@ -69,7 +69,8 @@ def normalize_tiles(tiles: torch.Tensor, mean: Sequence[float], std: Sequence[fl
     """float32 ``(tiles / 255 − mean) / std`` per channel (GAR: mean = std = 0.5)."""
     mean_t = torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
     std_t = torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1)
-    return (tiles.to(torch.float32) / 255.0 - mean_t) / std_t
+    out = tiles.to(torch.float32, copy=True)  # one buffer, then the same three operations in place
+    return out.div_(255.0).sub_(mean_t).div_(std_t)
 
 
 def image_to_uint8_tensor(array: np.ndarray) -> torch.Tensor:
