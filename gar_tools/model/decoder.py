@@ -188,10 +188,7 @@ class BatchDecoder:
         cos, sin = self.lm.rotary_emb(x, positions)  # [1, L, head_dim] each
         causal = None
         if start > 0:  # a later chunk: its queries see everything before them in the slot
-            # additive (0 / -inf) in the model's dtype, built once for all layers: SDPA would convert a bool mask
-            # into this form in every layer
-            hidden = self._columns[:end][None, :] > positions[0][:, None]  # [L, end]
-            causal = torch.zeros(hidden.shape, dtype=self.dtype, device=self.device).masked_fill_(hidden, float("-inf"))
+            causal = self._columns[:end][None, :] <= positions[0][:, None]  # [L, end]
         for i, layer in enumerate(self.lm.layers):
             attn = layer.self_attn
             h = layer.input_layernorm(x)

@@ -278,8 +278,8 @@ class PreparedInputs:
     slot_starts: torch.Tensor
     text: str
     image_size: tuple[int, int]
-    image_mean: tuple[float, ...] = (0.5, 0.5, 0.5)
-    image_std: tuple[float, ...] = (0.5, 0.5, 0.5)
+    image_mean: tuple[float, ...]
+    image_std: tuple[float, ...]
 
     @property
     def num_tiles(self) -> int:
@@ -367,20 +367,11 @@ class GarProcessor:
         grid = self.tile_grid(image.size)
         return tile_uint8(image_to_uint8_tensor(np.asarray(image)), grid, self.tile_size, "bicubic")
 
-    def pixel_values(self, image: Image.Image, image_tiles: torch.Tensor | None = None) -> torch.Tensor:
-        """[1 + T, 3, 448, 448] normalized thumbnail + tiles of an RGB image (from ``image_tiles`` when given)."""
-        tiles = self.image_tiles(image) if image_tiles is None else image_tiles
-        return normalize_tiles(tiles, self.image_mean, self.image_std)
-
     def prompt_tiles(self, prompt_map: np.ndarray) -> torch.Tensor:
         """uint8 [1 + T, 1, 448, 448] the visual-prompt map through the image's tiling, with NEAREST resampling."""
         height, width = prompt_map.shape
         grid = self.tile_grid((width, height))
         return tile_uint8(image_to_uint8_tensor(prompt_map), grid, self.tile_size, "nearest")
-
-    def prompt_pixel_values(self, prompt_map: np.ndarray) -> torch.Tensor:
-        """[1 + T, 3, 448, 448] the visual-prompt map through the same tiling, with NEAREST, normalized."""
-        return normalize_prompt_tiles(self.prompt_tiles(prompt_map), self.image_mean, self.image_std)
 
     def _plain_ids(self, text: str) -> list[int]:
         """Token ids of ``text`` with no added or special token recognised (normalizer, pre-tokenizer, model only).

@@ -39,7 +39,10 @@ _CacheKey = tuple[str, tuple[int, int], str, str]
 
 
 def touched_tiles(prompt_pixel_values: torch.Tensor, prompt_numbers: int) -> torch.Tensor:
-    """Bool ``[1 + T]``: which of thumbnail and tiles hold any region pixel, decoded as the model decodes them."""
+    """Bool ``[1 + T]``: which of thumbnail and tiles hold any region pixel, decoded as the model decodes them.
+
+    The reference, from the normalized float tiles; the cache reads the same from the uint8 tiles
+    (:func:`touched_prompt_tiles`)."""
     first_channel = prompt_pixel_values[:, :1]  # the map is the same on all three channels
     return decode_prompt_map(first_channel, prompt_numbers).flatten(1).any(dim=1).cpu()
 

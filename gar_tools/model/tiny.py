@@ -45,6 +45,7 @@ __all__ = [
     "PRESETS",
     "build_tiny_checkpoint",
     "tiny_checkpoint_path",
+    "random_fill",
     "CHAT_TEMPLATE",
 ]
 
@@ -309,8 +310,13 @@ def _build_tokenizer_files(folder: Path, max_num_tiles: int) -> None:
     (folder / "processor_config.json").write_text(json.dumps(processor, indent=2) + "\n", encoding="utf-8")
 
 
-def _random_fill(model: torch.nn.Module, seed: int) -> None:
-    """Deterministic weights: parameters in name order from one generator; norms start at 1, biases at 0."""
+def random_fill(
+    model: torch.nn.Module,
+    seed: int,
+    scale: Callable[[torch.Tensor, torch.Size], torch.Tensor] = lambda sample, _shape: sample * 0.02,
+) -> None:
+    """Deterministic weights: parameters in name order from one generator; norms start at 1, biases at 0, the rest
+    ``scale(N(0, 1) sample, shape)`` (default N(0, 0.02)). The tiny GAR and the tiny SAM both use it."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in sorted(model.named_parameters(), key=lambda item: item[0]):
@@ -319,7 +325,7 @@ def _random_fill(model: torch.nn.Module, seed: int) -> None:
             elif param.ndim == 1 and "norm" in name:
                 param.fill_(1.0)
             else:
-                param.copy_(torch.randn(param.shape, generator=generator, dtype=torch.float32) * 0.02)
+                param.copy_(scale(torch.randn(param.shape, generator=generator, dtype=torch.float32), param.shape))
 
 
 def _random_fill_on(model: torch.nn.Module, seed: int, dtype: torch.dtype, device: torch.device) -> None:
@@ -363,7 +369,7 @@ def build_tiny_checkpoint(
     config = tiny_config(max_num_tiles=tiles, tie_word_embeddings=tie_word_embeddings, preset=size)
     if size.name == "tiny":
         model = build_model(config, torch.float32, on_meta=False)
-        _random_fill(model, seed)
+        random_fill(model, seed)
     else:
         with torch.device("meta"):
             model = GarModel(config)

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
-from gar_tools.model.tiny import cached_build
+from gar_tools.model.tiny import cached_build, random_fill
 
 __all__ = ["TINY_SAM_NAME", "TINY_SAM_SPEC_VERSION", "build_tiny_sam", "tiny_sam_path"]
 
@@ -65,15 +63,7 @@ def build_tiny_sam(folder: Path, *, seed: int = 0) -> Path:
     from transformers import SamImageProcessor, SamModel, SamProcessor
 
     model = SamModel(_config()).eval()
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():  # deterministic: parameters in name order from one generator; norms 1, biases 0
-        for name, param in sorted(model.named_parameters(), key=lambda item: item[0]):
-            if name.endswith(".bias"):
-                param.zero_()
-            elif param.ndim == 1 and "norm" in name:
-                param.fill_(1.0)
-            else:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.5 / max(param.shape[-1], 1) ** 0.5)
+    random_fill(model, seed, lambda sample, shape: sample * 0.5 / max(shape[-1], 1) ** 0.5)
     model.save_pretrained(str(folder))
     side = _IMAGE_SIZE // 4
     processor = SamProcessor(
