@@ -1,7 +1,7 @@
 """Serving benchmarks: one function per comparison, each returning a JSON-ready dict. Prints JSON.
 
-    python benchmarks/serving.py [--only segmenter_cost|describe_regions] [--model tiny] [--segmenter tiny-sam]
-                                 [--iters N] [--max-new-tokens N]
+    python benchmarks/serving.py [--only NAME ...] [--model tiny] [--segmenter tiny-sam] [--iters N]
+                                 [--max-new-tokens N]      (NAME: a key of COMPARISONS)
 
 - ``segmenter_cost``: describe_region from points (the segmenter cuts the mask out, then GAR) vs from the mask
   itself, on the same image with the same engine: what the segmenter adds per call, with its image embedding cached
@@ -12,9 +12,12 @@
   ``describe_regions`` call vs 16 ``describe_region`` calls one after another, same engine, same ``max_new_tokens``
   (each call's text is checked equal to the matching region's). Target: ≥ 4× faster. On CUDA, without ``--model``,
   it runs a random-weight checkpoint of the ``gar-1b`` size preset (GAR-1B's real dimensions) in bf16.
-  Measured on CPU (tiny, fp32, 2 shared cores, 2026-11-27): 1.3× at 8 new tokens, 1.5× at 32 — per region, the
-  vision tower's fixed cost (~0.45 s per call on the thumbnail and touched tiles, whatever their count) and the
-  prefill dominate and are not batched across requests by the scheduler, so the 4× target is not met on CPU.
+  Measured on CPU (tiny, fp32, idle 2 cores, ``benchmarks/results/2026-11-27-describe_regions-cpu-tiny.json``):
+  1.24× at 8 new tokens, 2.31× at 128 — each region still needs its own vision pass (thumbnail and touched tiles
+  with its mask) and its own whole prefill (the thumbnail leads the prompt, so no prefix is shared); only decoding
+  is batched, so the 4× target is not met on CPU.
+
+- ``prefill_chunking``: one 17-tile-sized prompt prefilled whole vs in 2048- and 1024-token chunks.
 
 Add a comparison by writing ``def name(args) -> dict`` and listing it in ``COMPARISONS``.
 """
@@ -418,6 +421,33 @@ def time_to_first_token(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def prefill_chunking(args: argparse.Namespace) -> dict[str, Any]:
+    """Prefill of one 17-tile-sized prompt (``(1 + 16)·256 + 256`` slot + 100 text tokens of random embeddings)
+    through :class:`BatchDecoder`: whole, and in chunks of 2048 and 1024 tokens (the engine's ``prefill_chunk_tokens``
+    default is ``"auto"``: 2048 on CUDA, whole prompts on CPU — this is the measurement behind that choice)."""
+    import torch
+
+    from gar_tools.model.decoder import BatchDecoder
+
+    pipeline = _pipeline(args)
+    length = 17 * 256 + 256 + 100
+    hidden = pipeline.model.mllm.config.text_config.hidden_size
+    decoder = BatchDecoder(pipeline.model, slots=1, max_len=length + 8)
+    embeds = torch.randn(length, hidden, generator=torch.Generator().manual_seed(0)).to(pipeline.device)
+    rows = {}
+    for chunk in (None, 2048, 1024):
+        step = chunk or length
+        times = []
+        for _ in range(args.iters + 1):  # the first is a warm-up
+            start = time.perf_counter()
+            for begin in range(0, length, step):
+                decoder.prefill(0, embeds[begin : begin + step], start=begin)
+            _sync()
+            times.append((time.perf_counter() - start) * 1000)
+        rows["whole" if chunk is None else f"chunks_of_{chunk}"] = _ms(times[1:])
+    return {**_model_info(args), "prompt_tokens": length, **rows}
+
+
 def _tiles(pipeline: Any, side: int) -> int:
     """Tiles (thumbnail included) the processor cuts a ``side`` × ``side`` image into."""
     prepared = pipeline.prepare(Image.new("RGB", (side, side)), [np.ones((side, side), dtype=bool)], None)
@@ -610,6 +640,7 @@ COMPARISONS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "known_image_encode": known_image_encode,
     "batch1_agreement": batch1_agreement,
     "describe_regions": describe_regions,
+    "prefill_chunking": prefill_chunking,
 }
 
 

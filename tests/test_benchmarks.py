@@ -31,7 +31,7 @@ def test_serving_old_path_vs_engine_smallest_configuration(tmp_path) -> None:
     out = tmp_path / "serving.json"
     proc = _run(
         "serving.py",
-        *("--only", "known_image_encode", "--only", "engine_throughput"),
+        *("--only", "known_image_encode", "--only", "engine_throughput", "--only", "prefill_chunking"),
         *("--concurrency", "1", "2", "--old-requests", "1", "--new-tokens", "3", "--iters", "1"),
         *("--image-size", "448", "--out", str(out)),
     )
@@ -51,6 +51,9 @@ def test_serving_old_path_vs_engine_smallest_configuration(tmp_path) -> None:
     assert "new_batch1_decode_tokens_per_s" in throughput["new"]["rows"][0]
     assert "max_rss_mib" in throughput["new"]["peak_memory"]
     assert set(throughput["targets_met"]) == {"cpu_8_concurrent_ge_3x_sequential"}  # None: 8 was not run
+    prefill = report["results"]["prefill_chunking"]
+    assert prefill["prompt_tokens"] == 17 * 256 + 356
+    assert all(prefill[k]["n"] == 1 for k in ("whole", "chunks_of_2048", "chunks_of_1024"))
 
 
 def test_gpu_check_script_names_existing_scripts_and_flags() -> None:

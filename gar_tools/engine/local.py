@@ -172,7 +172,8 @@ class LocalEngine(Engine):
             produce plus the largest ``max_new_tokens``.
         prefill_chunk_tokens: prompt tokens prefilled between two decode steps (None: whole prompts). Default
             ``"auto"``: 2048 on CUDA; whole prompts on CPU, where a later chunk's masked attention costs about as
-            much as the whole causal prompt (5.4k tokens, tiny: 151 ms in 2048-token chunks, 78 ms whole).
+            much as the whole causal prompt (``benchmarks/serving.py --only prefill_chunking``: 4.7k tokens, tiny,
+            127 ms in 2048-token chunks, 69 ms whole).
         tile_cache_bytes: bound of the per-image tile-feature cache; default 256 MiB on CPU, 2 GiB on CUDA.
         segmenter: a SAM-family checkpoint (hub id, folder, ``"tiny-sam"``) or a loaded
             :class:`~gar_tools.segment.segmenter.Segmenter`, to turn points and segment boxes into masks; loaded
