@@ -6,6 +6,8 @@ other objects or Triton's interpreter). The servers tune glibc's allocator befor
 reading over requests ``settle/2 … settle``, "final" the highest over the last ``settle/2`` requests (one reading
 alone may land between a request's buffers being allocated and freed). Python objects are counted after a
 collection at both points. Tiny random-weight model: its text is meaningless.
+
+    python tests/engine_memory_probe.py [TOTAL SETTLE] [--untuned]   # --untuned: glibc's defaults, for comparison
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ def python_objects() -> int:
     return len(gc.get_objects())
 
 
-async def main(total: int, settle: int) -> dict[str, object]:
-    tuned = tune_allocator()
+async def main(total: int, settle: int, tune: bool = True) -> dict[str, object]:
+    tuned = tune and tune_allocator()
     folder = Path(tempfile.mkdtemp())
     images = []
     for k in range(5):  # five small images (one tile each): the tile caches keep filling and evicting
@@ -68,5 +70,6 @@ async def main(total: int, settle: int) -> dict[str, object]:
 
 
 if __name__ == "__main__":
-    total, settle = (int(v) for v in sys.argv[1:3]) if len(sys.argv) > 2 else (500, 50)
-    print(json.dumps(asyncio.run(main(total, settle))))
+    numbers = [int(v) for v in sys.argv[1:] if not v.startswith("--")]
+    total, settle = numbers if len(numbers) == 2 else (500, 50)
+    print(json.dumps(asyncio.run(main(total, settle, tune="--untuned" not in sys.argv))))
