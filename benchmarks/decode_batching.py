@@ -4,10 +4,12 @@ Builds a random-weight checkpoint of a size preset (default ``gar-1b``: GAR-1B's
 device, loads it through ``gar_tools.model.load``, prefills ``--batch`` sequences of ``--prompt-tokens`` random
 token embeddings and times ``--new-tokens`` decode steps. The baseline, in the same run, is transformers'
 ``generate`` at batch 1 (dynamic cache). Without CUDA it runs the ``tiny`` preset for a smoke test; CPU figures
-say nothing about GPUs.
+say nothing about GPUs. ``--variants`` picks decode-step variants (:data:`VARIANTS`: CUDA graphs or not, SDPA or
+matmul attention, layers through ``torch.compile`` or not); the report names the fastest graph variant at the
+smallest batch.
 
     python benchmarks/decode_batching.py [--preset gar-1b|gar-8b|tiny] [--model FOLDER] [--batch 1 8 32]
-        [--prompt-tokens 4700] [--new-tokens 128] [--dtype bf16]
+        [--prompt-tokens 4700] [--new-tokens 128] [--dtype bf16] [--variants NAME ...] [--skip-generate]
 """
 
 from __future__ import annotations
@@ -39,11 +41,29 @@ def _prompts(pipeline: Any, batch: int, length: int, seed: int = 0) -> list[torc
     return [embed(torch.randint(0, 128000, (length,), generator=generator).to(pipeline.device)) for _ in range(batch)]
 
 
-def run_decoder(pipeline: Any, batch: int, prompts: list[torch.Tensor], new_tokens: int, graphs: bool) -> dict:
+#: decode-step variants: name → (CUDA graphs, attention, compiled layers)
+VARIANTS: dict[str, tuple[bool, str, bool]] = {
+    "eager": (False, "sdpa", False),
+    "cuda_graphs": (True, "sdpa", False),
+    "cuda_graphs+matmul": (True, "matmul", False),
+    "cuda_graphs+compile": (True, "sdpa", True),
+    "cuda_graphs+matmul+compile": (True, "matmul", True),
+}
+
+
+def run_decoder(pipeline: Any, batch: int, prompts: list[torch.Tensor], new_tokens: int, variant: str) -> dict:
     device = pipeline.device
+    graphs, attention, compiled = VARIANTS[variant]
     max_len = prompts[0].shape[0] + new_tokens + 2
     start = time.perf_counter()
-    decoder = BatchDecoder(pipeline.model, slots=batch, max_len=max_len, cuda_graphs=graphs)
+    decoder = BatchDecoder(
+        pipeline.model,
+        slots=batch,
+        max_len=max_len,
+        cuda_graphs=graphs,
+        attention=attention,  # type: ignore[arg-type]
+        compile_layers=compiled,
+    )
     _sync(device)
     setup_s = time.perf_counter() - start
     start = time.perf_counter()
@@ -63,7 +83,7 @@ def run_decoder(pipeline: Any, batch: int, prompts: list[torch.Tensor], new_toke
     steps = len(ids)
     return {
         "batch": batch,
-        "mode": "cuda_graphs" if graphs else "eager",
+        "mode": variant,
         "setup_s": round(setup_s, 3),
         "prefill_ms_per_sequence": round(prefill_ms, 2),
         "step_ms": round(elapsed * 1000 / steps, 3),
@@ -93,6 +113,14 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=None)
     parser.add_argument("--new-tokens", type=int, default=None)
     parser.add_argument("--dtype", default=None, help="bf16 (CUDA default) or fp32 (CPU default)")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=sorted(VARIANTS),
+        default=None,
+        help="decode-step variants (default: eager, plus cuda_graphs on CUDA)",
+    )
+    parser.add_argument("--skip-generate", action="store_true", help="leave out the transformers generate baseline")
     args = parser.parse_args()
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
@@ -110,11 +138,17 @@ def main() -> None:
         build_s = time.perf_counter() - start
         pipeline = load(folder, device=str(device), dtype=dtype)
     prompts = _prompts(pipeline, max(batches), prompt_tokens)
-    results = [run_generate_baseline(pipeline, prompts[0], new_tokens)]
+    variants = args.variants or (["eager", "cuda_graphs"] if cuda else ["eager"])
+    results = [] if args.skip_generate else [run_generate_baseline(pipeline, prompts[0], new_tokens)]
     for batch in batches:
-        results.append(run_decoder(pipeline, batch, prompts, new_tokens, graphs=False))
-        if cuda:
-            results.append(run_decoder(pipeline, batch, prompts, new_tokens, graphs=True))
+        for variant in variants:
+            try:
+                results.append(run_decoder(pipeline, batch, prompts, new_tokens, variant))
+            except Exception as error:  # a variant that fails is reported, the others still run
+                results.append({"batch": batch, "mode": variant, "error": f"{type(error).__name__}: {error}"[:500]})
+    timed = [r for r in results if "step_ms" in r and r["mode"] != "eager"]
+    smallest = min((r["batch"] for r in timed), default=None)
+    best = max((r for r in timed if r["batch"] == smallest), key=lambda r: r["tokens_per_s"], default=None)
     report = {
         "benchmark": "decode_batching",
         "preset": None if args.model else preset,
@@ -126,6 +160,7 @@ def main() -> None:
         "new_tokens": new_tokens,
         "build_and_load_s": round(build_s, 1),
         "results": results,
+        "fastest_graph_variant_at_smallest_batch": None if best is None else best["mode"],
     }
     print(json.dumps(report, indent=2))
 

@@ -7,26 +7,30 @@
 #
 # It writes into benchmarks/results/ (and, when $OUT is set, copies each result there, with all logs in one
 # $OUT/gpu_check.log), every file named DATE-WHAT-DEVICE.*, every JSON holding the device name:
-#   1. DATE-serving-DEVICE.json         python benchmarks/serving.py: old batch-1 generate vs the engine, GAR-1B
-#                                       size preset in bf16 (throughput at 1/4/8/16, time to first token, known-image
-#                                       encode, bf16 batch-1 agreement, whole vs chunked prefill). If it fails or
-#                                       times out, DATE-serving-DEVICE.partial.json keeps the comparisons it finished
-#   2. DATE-gpu_tests-DEVICE.txt        python -m pytest -q -m gpu tests/   (decoder CUDA graphs, scheduler, tile
-#                                       cache, the RoI replay Triton kernel)
-#   3. DATE-describe_regions-DEVICE.json  python benchmarks/serving.py --only describe_regions (GAR-1B preset, bf16)
-#   4. DATE-decode_batching-DEVICE.json python benchmarks/decode_batching.py --preset gar-1b (eager vs CUDA graphs)
-#   5. DATE-roi_replay-DEVICE.json      python benchmarks/roi_replay.py
+#   1. DATE-decode_batching-DEVICE.json   decode-step variants (CUDA graphs; SDPA or matmul attention; layers
+#                                         compiled or not), GAR-1B size preset in bf16; the fastest at batch 1 is
+#                                         the one the engine runs in the next steps
+#   2. DATE-serving-DEVICE.json           benchmarks/serving.py: old batch-1 generate vs the engine (throughput at
+#                                         1/4/8/16, time to first token, known-image encode, bf16 batch-1 agreement);
+#                                         if it fails or times out, DATE-serving-DEVICE.partial.json keeps the
+#                                         comparisons it finished
+#   3. DATE-gpu_tests-DEVICE.txt          python -m pytest -q -m gpu tests/ (decoder CUDA graphs and variants,
+#                                         scheduler, tile cache, the RoI replay Triton kernel)
+#   4. DATE-profile_request-DEVICE.json   where a 17-tile first question's time goes; kernels of a decode step
+#   5. describe_regions, prefill_chunking, roi_replay JSONs (not with QUICK=1)
 # Then a summary of exit codes. Commit the result files (git add benchmarks/results/) and add README rows.
 set -u
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python}"
+QUICK="${QUICK:-0}"  # QUICK=1: about 6 minutes (fewer batch sizes and tests; no describe_regions, prefill, roi_replay)
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" PYTHONUNBUFFERED=1
 RESULTS=benchmarks/results
 DATE="$(date -u +%Y-%m-%d)"
 DEVICE_NAME="$("$PYTHON" -c 'import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu")')"
 DEVICE="$(echo "$DEVICE_NAME" | tr '[:upper:]' '[:lower:]' | sed -E 's/[^a-z0-9]+/-/g; s/^-+|-+$//g')"
+DEVICE="$DEVICE${TAG:+-$TAG}"  # TAG=word: a second run of the same day keeps its own file names
 echo "device: $DEVICE_NAME ($DEVICE), date: $DATE, python: $PYTHON"
-if [ "$DEVICE" = "cpu" ]; then
+if [ "$DEVICE_NAME" = "cpu" ]; then
     echo "no CUDA device: the GPU tests would be skipped and the benchmarks measure the CPU; stopping" >&2
     exit 2
 fi
@@ -53,19 +57,40 @@ step() {  # step NAME SECONDS OUTFILE COMMAND...: run with a time limit, stdout 
     fi
 }
 
+# 1. Decode-step variants (CUDA graphs with SDPA or matmul attention, layers compiled or not) at batch 1 and 16;
+#    the fastest at batch 1 is what the serving step runs (its flags are in the serving JSON).
+DECODE="$RESULTS/$DATE-decode_batching-$DEVICE.json"
+if [ "$QUICK" = 1 ]; then DECODE_ARGS=(--batch 1 16 --new-tokens 64 --skip-generate); else DECODE_ARGS=(--batch 1 8 32); fi
+step decode_batching 90 "$DECODE" "$PYTHON" benchmarks/decode_batching.py --preset gar-1b "${DECODE_ARGS[@]}" \
+    --variants cuda_graphs cuda_graphs+matmul cuda_graphs+compile cuda_graphs+matmul+compile
+BEST="$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1])).get("fastest_graph_variant_at_smallest_batch") or "")' "$DECODE" 2>/dev/null)"
+ATTENTION=sdpa; COMPILE=off
+case "$BEST" in *matmul*) ATTENTION=matmul ;; esac
+case "$BEST" in *compile*) COMPILE=on ;; esac
+echo "   fastest decode variant at batch 1: ${BEST:-none}: serving runs --decode-attention $ATTENTION --compile-decode $COMPILE"
+
 PARTIAL="$RESULTS/$DATE-serving-$DEVICE.partial.json"  # the comparisons finished so far, kept if the step fails
-step serving 230 "$RESULTS/$DATE-serving-$DEVICE.json" \
+step serving 150 "$RESULTS/$DATE-serving-$DEVICE.json" \
     "$PYTHON" benchmarks/serving.py --only engine_throughput --only time_to_first_token \
-    --only known_image_encode --only batch1_agreement --only prefill_chunking --old-requests 4 --iters 3 \
-    --out "$PARTIAL"
+    --only known_image_encode --only batch1_agreement --old-requests "$([ "$QUICK" = 1 ] && echo 2 || echo 4)" \
+    --iters 3 --decode-attention "$ATTENTION" --compile-decode "$COMPILE" --out "$PARTIAL"
 case "${STATUS[serving]}" in "rc=0 "*) rm -f "$PARTIAL" ;; *) if [ -n "${OUT:-}" ] && [ -f "$PARTIAL" ]; then cp "$PARTIAL" "$OUT"/; fi ;; esac
-step gpu_tests 110 "$RESULTS/$DATE-gpu_tests-$DEVICE.txt" \
-    "$PYTHON" -m pytest -q -m gpu tests/ -p no:cacheprovider -rA
-step describe_regions 80 "$RESULTS/$DATE-describe_regions-$DEVICE.json" \
-    "$PYTHON" benchmarks/serving.py --only describe_regions --max-new-tokens 32 --iters 2
-step decode_batching 75 "$RESULTS/$DATE-decode_batching-$DEVICE.json" \
-    "$PYTHON" benchmarks/decode_batching.py --preset gar-1b
-step roi_replay 40 "$RESULTS/$DATE-roi_replay-$DEVICE.json" "$PYTHON" benchmarks/roi_replay.py
+if [ "$QUICK" = 1 ]; then  # the GPU tests of the decoder and the tile cache only
+    step gpu_tests 70 "$RESULTS/$DATE-gpu_tests-$DEVICE.txt" \
+        "$PYTHON" -m pytest -q -m gpu tests/test_decoder.py tests/test_tile_cache.py -p no:cacheprovider -rA
+else
+    step gpu_tests 130 "$RESULTS/$DATE-gpu_tests-$DEVICE.txt" \
+        "$PYTHON" -m pytest -q -m gpu tests/ -p no:cacheprovider -rA
+fi
+step profile_request 35 "$RESULTS/$DATE-profile_request-$DEVICE.json" "$PYTHON" benchmarks/profile_request.py
+if [ "$QUICK" != 1 ]; then
+    step describe_regions 80 "$RESULTS/$DATE-describe_regions-$DEVICE.json" \
+        "$PYTHON" benchmarks/serving.py --only describe_regions --max-new-tokens 32 --iters 2 \
+        --decode-attention "$ATTENTION" --compile-decode "$COMPILE"
+    step prefill_chunking 40 "$RESULTS/$DATE-prefill_chunking-$DEVICE.json" \
+        "$PYTHON" benchmarks/serving.py --only prefill_chunking --iters 3
+    step roi_replay 40 "$RESULTS/$DATE-roi_replay-$DEVICE.json" "$PYTHON" benchmarks/roi_replay.py
+fi
 
 echo "== summary ($DEVICE_NAME)"
 for name in "${STEPS[@]}"; do echo "   $name: ${STATUS[$name]}"; done

@@ -149,7 +149,14 @@ def _model_info(args: argparse.Namespace) -> dict[str, Any]:
         "device": _device_name(),
         "dtype": str(pipeline.dtype).removeprefix("torch."),
         "build_and_load_s": _STATE["build_and_load_s"],
+        **_decode_options(args),
     }
+
+
+def _decode_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The engine's decode-step options from ``--decode-attention`` / ``--compile-decode``."""
+    compiled = {"auto": "auto", "on": True, "off": False}[args.compile_decode]
+    return {"decode_attention": args.decode_attention, "compile_decode": compiled}
 
 
 def _image_file(side: int, seed: int) -> str:
@@ -224,6 +231,7 @@ def _engine(args: argparse.Namespace, pipeline: Any) -> Any:
         max_batch_size=args.max_batch_size,
         max_queue=max(64, 2 * max(args.concurrency)),
         max_seq_len=args.max_seq_len,
+        **_decode_options(args),
     )
 
 
@@ -593,7 +601,7 @@ def describe_regions(args: argparse.Namespace) -> dict[str, Any]:
     image, regions = str(ASSETS / "demo_image_3.png"), _sixteen_regions()
     with tempfile.TemporaryDirectory(prefix="gar-bench-") as tmp:
         model, dtype, preset = _describe_regions_model(args, Path(tmp))
-        engine = LocalEngine(model, device=args.device, dtype=dtype)
+        engine = LocalEngine(model, device=args.device, dtype=dtype, **_decode_options(args))
         toolkit = GarToolkit(engine)
         try:
             common = {"image": image, "max_new_tokens": args.max_new_tokens}
@@ -617,6 +625,7 @@ def describe_regions(args: argparse.Namespace) -> dict[str, Any]:
                 "gpu": torch_device_name(),
                 "dtype": str(engine.pipeline.dtype).removeprefix("torch."),
                 "max_batch_size": info.max_batch_size,
+                **_decode_options(args),
                 "max_new_tokens": args.max_new_tokens,
                 "describe_region_x16_sequential": _ms(one_by_one),
                 "describe_regions_one_call": _ms(together),
@@ -665,6 +674,8 @@ def main(argv: list[str] | None = None) -> int:
     serving.add_argument("--max-batch-size", type=int, default=16, help="engine slots (default 16)")
     serving.add_argument("--max-seq-len", type=int, default=None, help="engine positions per slot (default: auto)")
     serving.add_argument("--agreement-requests", type=int, default=16, help="requests in batch1_agreement")
+    parser.add_argument("--decode-attention", default="auto", choices=["auto", "sdpa", "matmul"], help="engine's")
+    parser.add_argument("--compile-decode", default="auto", choices=["auto", "on", "off"], help="engine's (CUDA)")
     parser.add_argument("--out", default=None, help="also write the JSON to this file (after each comparison)")
     args = parser.parse_args(argv)
     if args.new_tokens is None:

@@ -183,3 +183,13 @@ def test_lazy_normalization_and_uint8_touched_tiles_match_the_full_tensors(tiny_
     assert touched_prompt_tiles(prepared, 5) == expected and 0 < sum(expected) < count
     background = dataclasses.replace(prepared, prompt_tiles=torch.full_like(prepared.prompt_tiles, 5))
     assert touched_prompt_tiles(background, 5) == [False] * count
+
+
+@pytest.mark.gpu
+def test_tiles_normalized_on_cuda_are_the_cpu_values(tiny_pipeline, demo3) -> None:
+    """The cache normalizes the tiles it encodes on the model's device: the same float32 bits as on the CPU."""
+    image, masks = demo3
+    prepared = tiny_pipeline.prepare(image, masks[:2], "<Prompt0> and <Prompt1>?")
+    index = list(range(prepared.image_tiles.shape[0]))
+    assert torch.equal(prepared.tile_pixel_values(index, "cuda").cpu(), prepared.pixel_values)
+    assert torch.equal(prepared.tile_prompt_pixel_values(index, "cuda").cpu(), prepared.prompt_pixel_values)

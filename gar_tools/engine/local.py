@@ -37,7 +37,7 @@ from gar_tools.engine.scheduler import ContinuousBatcher
 from gar_tools.errors import GarToolsError, InputError, RegionError
 from gar_tools.images import ImagePolicy, load_image
 from gar_tools.inputs import Region, ToolRequest, validation_error_to_input_error
-from gar_tools.model.decoder import BatchDecoder
+from gar_tools.model.decoder import BatchDecoder, DecodeAttention
 from gar_tools.model.detokenize import TextStream
 from gar_tools.model.modeling import TOKENS_PER_TILE, Geometry
 from gar_tools.model.pipeline import GarPipeline, load
@@ -137,13 +137,21 @@ class _Runtime:
         slots = settings["max_batch_size"] or (16 if on_cuda else 8)
         chunk = settings["prefill_chunk_tokens"]
         self.pipeline = pipeline
-        self.decoder = BatchDecoder(pipeline.model, slots=slots, max_len=max_len)
+        attention = settings["decode_attention"]
+        compiled = settings["compile_decode"]
+        self.decoder = BatchDecoder(
+            pipeline.model,
+            slots=slots,
+            max_len=max_len,
+            attention="sdpa" if attention == "auto" else attention,
+            compile_layers=False if compiled == "auto" else bool(compiled),
+        )
         self.batcher = ContinuousBatcher(
             self.decoder,
             max_batch_size=slots,
             kv_budget_tokens=settings["kv_budget_tokens"],
             max_queue=settings["max_queue"],
-            prefill_chunk_tokens=(2048 if on_cuda else None) if chunk == "auto" else chunk,
+            prefill_chunk_tokens=None if chunk == "auto" else chunk,
         ).start()
         self.tiles = TileFeatureCache(settings["tile_cache_bytes"], device=pipeline.device)
         # uint8 resized tiles per image (host memory), bounded like the feature cache
@@ -171,9 +179,14 @@ class LocalEngine(Engine):
         max_seq_len: positions per slot (prompt + generated); default: the largest prompt the checkpoint can
             produce plus the largest ``max_new_tokens``.
         prefill_chunk_tokens: prompt tokens prefilled between two decode steps (None: whole prompts). Default
-            ``"auto"``: 2048 on CUDA; whole prompts on CPU, where a later chunk's masked attention costs about as
-            much as the whole causal prompt (``benchmarks/serving.py --only prefill_chunking``: 4.7k tokens, tiny,
-            127 ms in 2048-token chunks, 69 ms whole).
+            ``"auto"``: whole prompts, on CPU and CUDA alike — a later chunk's masked attention costs about as
+            much as the whole causal prompt (``benchmarks/serving.py --only prefill_chunking``, 4.7k tokens: tiny
+            on CPU 69 ms whole, 127 ms in 2048-token chunks; GAR-1B size in bf16 on an H200 26 ms whole, 49 ms
+            in 2048-token chunks).
+        decode_attention: the decode step's attention over the cache, ``"sdpa"`` or ``"matmul"`` (see
+            :class:`~gar_tools.model.decoder.BatchDecoder`); ``"auto"``: ``"sdpa"``.
+        compile_decode: compile the decode step's layers with ``torch.compile`` before capturing its CUDA graphs
+            (CUDA only; a compilation of tens of seconds when the engine starts); ``"auto"``: off.
         tile_cache_bytes: bound of the per-image tile-feature cache; default 256 MiB on CPU, 2 GiB on CUDA.
         segmenter: a SAM-family checkpoint (hub id, folder, ``"tiny-sam"``) or a loaded
             :class:`~gar_tools.segment.segmenter.Segmenter`, to turn points and segment boxes into masks; loaded
@@ -194,6 +207,8 @@ class LocalEngine(Engine):
         max_queue: int = 64,
         max_seq_len: int | None = None,
         prefill_chunk_tokens: int | Literal["auto"] | None = "auto",
+        decode_attention: DecodeAttention | Literal["auto"] = "auto",
+        compile_decode: bool | Literal["auto"] = "auto",
         tile_cache_bytes: int | None = None,
         segmenter: str | Segmenter | None = None,
     ) -> None:
@@ -207,6 +222,8 @@ class LocalEngine(Engine):
             "max_queue": max_queue,
             "max_seq_len": max_seq_len,
             "prefill_chunk_tokens": prefill_chunk_tokens,
+            "decode_attention": decode_attention,
+            "compile_decode": compile_decode,
             "tile_cache_bytes": tile_cache_bytes,
             "max_new_tokens_limit": MAX_NEW_TOKENS_LIMIT,
         }

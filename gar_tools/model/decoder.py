@@ -20,7 +20,8 @@ Rows of the batch that hold no running sequence have their position parked on th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +31,14 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 from gar_tools.model.kv_cache import StaticKVCache
 from gar_tools.model.modeling import GarModel
 
-__all__ = ["BatchDecoder", "PendingTokens", "default_buckets", "default_span_buckets"]
+__all__ = [
+    "BatchDecoder",
+    "DecodeAttention",
+    "PendingTokens",
+    "decode_layer",
+    "default_buckets",
+    "default_span_buckets",
+]
 
 
 def default_buckets(slots: int) -> list[int]:
@@ -54,6 +62,63 @@ def default_span_buckets(max_len: int) -> list[int]:
         spans.insert(0, span)
         span //= 2
     return spans
+
+
+DecodeAttention = Literal["sdpa", "matmul"]
+
+
+def decode_layer(
+    layer: nn.Module,
+    x: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    visible: torch.Tensor,
+    rows: torch.Tensor,
+    positions: torch.Tensor,
+    num_kv_heads: int,
+    matmul: bool,
+) -> torch.Tensor:
+    """One Llama decoder layer for ``B`` rows of one new token each: ``x`` [B, 1, hidden] → [B, 1, hidden].
+
+    ``keys``/``values`` are the layer's whole cache [S, KV, max_len, D]; row ``r`` (slot ``rows[r]``) writes its new
+    K/V at column ``positions[r]`` and attends over the first ``span = visible.shape[-1]`` columns where
+    ``visible`` [B, 1, 1, span] is true. The G query heads sharing a KV head act as G query positions (GQA without
+    copying K/V).
+    """
+    attn = layer.self_attn
+    b, span = x.shape[0], visible.shape[-1]
+    head_dim = keys.shape[-1]
+    groups = attn.config.num_attention_heads // num_kv_heads
+    h = layer.input_layernorm(x)
+    q = attn.q_proj(h).view(b, 1, num_kv_heads * groups, head_dim).transpose(1, 2)  # [B, H, 1, D]
+    k = attn.k_proj(h).view(b, 1, num_kv_heads, head_dim).transpose(1, 2)  # [B, KV, 1, D]
+    v = attn.v_proj(h).view(b, 1, num_kv_heads, head_dim).transpose(1, 2)  # [B, KV, 1, D]
+    q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    keys[rows, :, positions] = k[:, :, 0]  # each row writes its own column
+    values[rows, :, positions] = v[:, :, 0]
+    q = q.reshape(b, num_kv_heads, groups, head_dim)  # [B, KV, G, D]
+    k_span, v_span = keys[:b, :, :span], values[:b, :, :span]  # [B, KV, span, D]
+    if matmul:
+        scores = torch.matmul(q, k_span.transpose(-1, -2)).float() * attn.scaling  # [B, KV, G, span]
+        scores = scores.masked_fill(~visible, float("-inf"))
+        out = torch.matmul(scores.softmax(dim=-1).to(v_span.dtype), v_span)  # [B, KV, G, D]
+    else:
+        out = F.scaled_dot_product_attention(q, k_span, v_span, attn_mask=visible, scale=attn.scaling)
+    x = x + attn.o_proj(out.reshape(b, 1, num_kv_heads * groups * head_dim))
+    return x + layer.mlp(layer.post_attention_layernorm(x))
+
+
+_COMPILED: list[Callable[..., torch.Tensor]] = []
+
+
+def _compiled_decode_layer() -> Callable[..., torch.Tensor]:
+    """:func:`decode_layer` through ``torch.compile`` (made once per process; dynamic batch and span, so every
+    layer, bucket and decoder of the process shares its compiled code)."""
+    if not _COMPILED:
+        _COMPILED.append(torch.compile(decode_layer, dynamic=True))
+    return _COMPILED[0]
 
 
 class PendingTokens:
@@ -96,6 +161,14 @@ class BatchDecoder:
         span_buckets: cache columns a step may attend over (default :func:`default_span_buckets`); one graph per
             (batch bucket, span bucket).
         readback_depth: pinned host buffers for :class:`PendingTokens` on CUDA (steps that may be in flight).
+        attention: how a decode step attends over the cache: ``"sdpa"`` (``F.scaled_dot_product_attention`` with
+            a per-row length mask) or ``"matmul"`` (scores, masked float32 softmax, weighted sum: two batched
+            matmuls that split the cache columns over the whole GPU, where SDPA's kernels get one block per
+            KV head at batch 1). Same math; roundings differ.
+        compile_layers: on CUDA, run each decoder layer of the decode step through ``torch.compile`` (one
+            compiled function shared by all layers, dynamic batch and span) before capturing the graphs, which
+            fuses the small element-wise kernels (RMSNorm, rotary, residual adds, SiLU·up) that dominate a step
+            at small batch. Costs a compilation (tens of seconds) on the first decoder of a process.
     """
 
     def __init__(
@@ -108,6 +181,8 @@ class BatchDecoder:
         buckets: Sequence[int] | None = None,
         span_buckets: Sequence[int] | None = None,
         readback_depth: int = 8,
+        attention: DecodeAttention = "sdpa",
+        compile_layers: bool = False,
     ) -> None:
         self.model = model
         self.lm = model.mllm.model.language_model  # LlamaModel: embed_tokens, layers, norm, rotary_emb
@@ -140,6 +215,13 @@ class BatchDecoder:
             raise ValueError(f"span buckets must be positive and end at max_len={max_len}, got {self.span_buckets}")
         # Host copy of the positions (the device buffer advances inside the step): picks the span without a sync.
         self._host_positions = [self.cache.scratch_position] * slots
+        if attention not in ("sdpa", "matmul"):
+            raise ValueError(f"attention must be 'sdpa' or 'matmul', got {attention!r}")
+        if compile_layers and self.device.type != "cuda":
+            raise ValueError("compile_layers needs the model on a CUDA device")
+        self.attention: DecodeAttention = attention
+        self.compile_layers = bool(compile_layers)
+        self._layer_fn = _compiled_decode_layer() if self.compile_layers else decode_layer
         self.use_cuda_graphs = (self.device.type == "cuda") if cuda_graphs is None else bool(cuda_graphs)
         if self.use_cuda_graphs and self.device.type != "cuda":
             raise ValueError("CUDA graphs need the model on a CUDA device")
@@ -228,35 +310,6 @@ class BatchDecoder:
         self._host_positions[slot] = self.cache.scratch_position
 
     # --- decode --------------------------------------------------------------------------------------------------
-    def _decode_attention(
-        self,
-        i: int,
-        attn: nn.Module,
-        h: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        visible: torch.Tensor,
-        span: int,
-    ) -> torch.Tensor:
-        """One layer's attention for ``B`` rows of one new token each: ``h`` [B, 1, hidden] → [B, 1, hidden],
-        reading cache columns ``0 … span-1`` (every running row's position is below ``span``)."""
-        b = h.shape[0]
-        positions = self.positions[:b]  # [B]
-        q = attn.q_proj(h).view(b, 1, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, 1, D]
-        k = attn.k_proj(h).view(b, 1, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, KV, 1, D]
-        v = attn.v_proj(h).view(b, 1, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, KV, 1, D]
-        q, k = apply_rotary_pos_emb(q, k, cos, sin)
-        keys = self.cache.keys[i][:b]  # [B, KV, max_len, D] (a view: rows are slots)
-        values = self.cache.values[i][:b]
-        keys[self._rows[:b], :, positions] = k[:, :, 0]  # each row writes its own column
-        values[self._rows[:b], :, positions] = v[:, :, 0]
-        # GQA without copying K/V: the G query heads sharing a KV head act as G query positions.
-        groups = self.num_heads // self.num_kv_heads
-        q = q.view(b, self.num_kv_heads, groups, self.head_dim)  # [B, KV, G, D]
-        keys, values = keys[:, :, :span], values[:, :, :span]  # [B, KV, span, D]
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible, scale=attn.scaling)  # [B, KV, G, D]
-        return attn.o_proj(out.reshape(b, 1, self.num_heads * self.head_dim))
-
     def _decode_step(self, b: int, span: int) -> None:
         """The decode step for rows ``0 … b-1`` over ``span`` cache columns, reading and writing only device
         buffers (graph-capturable). Parked rows write on the scratch column and see all ``span`` columns."""
@@ -265,8 +318,10 @@ class BatchDecoder:
         cos, sin = self.lm.rotary_emb(x, positions[:, None])  # [B, 1, D]
         visible = (self._columns[None, :span] <= positions[:, None])[:, None, None, :]  # [B, 1, 1, span]
         for i, layer in enumerate(self.lm.layers):
-            x = x + self._decode_attention(i, layer.self_attn, layer.input_layernorm(x), cos, sin, visible, span)
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
+            x = self._layer_fn(
+                layer, x, self.cache.keys[i], self.cache.values[i], cos, sin, visible, self._rows[:b], positions,
+                self.num_kv_heads, self.attention == "matmul",
+            )  # fmt: skip
         logits = self.lm_head(self.lm.norm(x[:, 0]))  # [B, vocab]
         self.tokens[:b] = logits.argmax(dim=-1)  # greedy; first index on ties, like torch.argmax in generate
         self.positions[:b] = torch.clamp(positions + 1, max=self.cache.scratch_position)

@@ -158,7 +158,8 @@ class TileFeatureCache:
         self.encoded += len(encode)
         parts: dict[int, torch.Tensor] = dict(reused)
         if encode:
-            fresh = self._encode(model, prepared.tile_pixel_values(encode), prepared.tile_prompt_pixel_values(encode))
+            pixels = prepared.tile_pixel_values(encode, model.device)  # [len(encode), 3, 448, 448]
+            fresh = self._encode(model, pixels, prepared.tile_prompt_pixel_values(encode, model.device))
             for row, tile in enumerate(encode):  # [len(encode), 256, hidden]
                 parts[tile] = fresh[row]
             self._store(key, {tile: fresh[row].clone() for row, tile in enumerate(encode) if not touched[tile]})

@@ -66,11 +66,16 @@ def tile_uint8(image: torch.Tensor, grid: tuple[int, int], tile_size: int, resam
 
 
 def normalize_tiles(tiles: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """float32 ``(tiles / 255 − mean) / std`` per channel (GAR: mean = std = 0.5)."""
-    mean_t = torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
-    std_t = torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1)
+    """float32 ``(tiles / 255 − mean) / std`` per channel (GAR: mean = std = 0.5), on the tiles' device.
+
+    Every operand is a tensor on that device: CUDA divides by a host scalar as a multiplication by its reciprocal,
+    which rounds differently; with tensors both devices divide, so the values are the same bits everywhere."""
+    device = tiles.device
+    scale = torch.full((1, 1, 1, 1), 255.0, dtype=torch.float32, device=device)
+    mean_t = torch.tensor(list(mean), dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    std_t = torch.tensor(list(std), dtype=torch.float32, device=device).view(1, -1, 1, 1)
     out = tiles.to(torch.float32, copy=True)  # one buffer, then the same three operations in place
-    return out.div_(255.0).sub_(mean_t).div_(std_t)
+    return out.div_(scale).sub_(mean_t).div_(std_t)
 
 
 def image_to_uint8_tensor(array: np.ndarray) -> torch.Tensor:
