@@ -82,7 +82,7 @@ else
     step gpu_tests 130 "$RESULTS/$DATE-gpu_tests-$DEVICE.txt" \
         "$PYTHON" -m pytest -q -m gpu tests/ -p no:cacheprovider -rA
 fi
-step profile_request 35 "$RESULTS/$DATE-profile_request-$DEVICE.json" "$PYTHON" benchmarks/profile_request.py
+step profile_request 45 "$RESULTS/$DATE-profile_request-$DEVICE.json" "$PYTHON" benchmarks/profile_request.py
 if [ "$QUICK" != 1 ]; then
     step describe_regions 80 "$RESULTS/$DATE-describe_regions-$DEVICE.json" \
         "$PYTHON" benchmarks/serving.py --only describe_regions --max-new-tokens 32 --iters 2 \

@@ -56,9 +56,9 @@ def _image(folder: Path, side: int, seed: int) -> Path:
     return path
 
 
-def _kernel_table(prof: Any, top: int) -> list[dict[str, Any]]:
-    use_cuda = torch.cuda.is_available()
-    key = "self_device_time_total" if use_cuda else "self_cpu_time_total"
+def _kernel_table(prof: Any, top: int, key: str | None = None) -> list[dict[str, Any]]:
+    """The ``top`` entries of ``prof`` by self device time (CUDA) or self CPU time."""
+    key = key or ("self_device_time_total" if torch.cuda.is_available() else "self_cpu_time_total")
     events = [e for e in prof.key_averages() if getattr(e, key, 0) > 0]
     events.sort(key=lambda e: getattr(e, key), reverse=True)
     return [{"name": e.key[:90], "count": e.count, "self_us": round(getattr(e, key), 1)} for e in events[:top]]
@@ -98,6 +98,27 @@ def phases(pipeline: Any, folder: Path, side: int, iters: int) -> dict[str, Any]
         "prompt_tokens": int(embeds.shape[1]),
         "median_ms": medians,
         "sum_ms": round(sum(medians.values()), 2),
+        "vision_tower_profile": _vision_profile(pipeline, prepared, digest),
+    }
+
+
+def _vision_profile(pipeline: Any, prepared: Any, digest: str, top: int = 12) -> dict[str, Any]:
+    """One cold ``TileFeatureCache.image_features`` call under ``torch.profiler``: wall time, kernel time, and the
+    most expensive operators by device and by host time (a host-bound phase shows host time ≫ kernel time)."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    cache = TileFeatureCache(device=pipeline.device)
+    _sync()
+    with torch.profiler.profile(activities=activities) as prof:
+        _, wall_ms = _timed(lambda: cache.image_features(pipeline.model, prepared, digest))
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    return {
+        "wall_ms_profiled": round(wall_ms, 2),
+        "kernels": len(kernels),
+        "kernel_time_ms": round(sum(e.device_time for e in kernels) / 1000, 2),
+        "top_by_device_time": _kernel_table(prof, top) if kernels else None,
+        "top_by_host_time": _kernel_table(prof, top, "self_cpu_time_total"),
     }
 
 
