@@ -7,9 +7,9 @@
 #
 # It writes into benchmarks/results/ (and, when $OUT is set, copies each result there, with all logs in one
 # $OUT/gpu_check.log), every file named DATE-WHAT-DEVICE.*, every JSON holding the device name:
-#   1. DATE-decode_batching-DEVICE.json   decode-step variants (CUDA graphs; SDPA or matmul attention; layers
-#                                         compiled or not), GAR-1B size preset in bf16; the fastest at batch 1 is
-#                                         the one the engine runs in the next steps
+#   1. DATE-decode_batching-DEVICE.json   decode-step variants (eager; CUDA graphs with SDPA or matmul attention),
+#                                         GAR-1B size preset in bf16; the fastest graph variant at batch 1 is the
+#                                         one the engine runs in the next steps
 #   2. DATE-serving-DEVICE.json           benchmarks/serving.py: old batch-1 generate vs the engine (throughput at
 #                                         1/4/8/16, time to first token, known-image encode, bf16 batch-1 agreement);
 #                                         if it fails or times out, DATE-serving-DEVICE.partial.json keeps the
@@ -57,23 +57,24 @@ step() {  # step NAME SECONDS OUTFILE COMMAND...: run with a time limit, stdout 
     fi
 }
 
-# 1. Decode-step variants (CUDA graphs with SDPA or matmul attention, layers compiled or not) at batch 1 and 16;
-#    the fastest at batch 1 is what the serving step runs (its flags are in the serving JSON).
+# 1. Decode-step variants at batch 1 and 16 (QUICK) or 1, 8 and 32; the fastest graph variant at batch 1 is what
+#    the serving steps run (their JSON names it). The JSON is rewritten after every row (kept if the step times out).
 DECODE="$RESULTS/$DATE-decode_batching-$DEVICE.json"
 if [ "$QUICK" = 1 ]; then DECODE_ARGS=(--batch 1 16 --new-tokens 64 --skip-generate); else DECODE_ARGS=(--batch 1 8 32); fi
-step decode_batching 90 "$DECODE" "$PYTHON" benchmarks/decode_batching.py --preset gar-1b "${DECODE_ARGS[@]}" \
-    --variants cuda_graphs cuda_graphs+matmul cuda_graphs+compile cuda_graphs+matmul+compile
+step decode_batching 90 "$DECODE.stdout" "$PYTHON" benchmarks/decode_batching.py --preset gar-1b "${DECODE_ARGS[@]}" \
+    --variants eager cuda_graphs cuda_graphs+matmul --out "$DECODE"
+if [ -n "${OUT:-}" ] && [ -f "$DECODE" ]; then cp "$DECODE" "$OUT"/; fi
+rm -f "$DECODE.stdout" "$OUT/$(basename "$DECODE").stdout" 2>/dev/null
 BEST="$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1])).get("fastest_graph_variant_at_smallest_batch") or "")' "$DECODE" 2>/dev/null)"
-ATTENTION=sdpa; COMPILE=off
+ATTENTION=sdpa
 case "$BEST" in *matmul*) ATTENTION=matmul ;; esac
-case "$BEST" in *compile*) COMPILE=on ;; esac
-echo "   fastest decode variant at batch 1: ${BEST:-none}: serving runs --decode-attention $ATTENTION --compile-decode $COMPILE"
+echo "   fastest decode variant at batch 1: ${BEST:-none}: the serving steps run --decode-attention $ATTENTION"
 
 PARTIAL="$RESULTS/$DATE-serving-$DEVICE.partial.json"  # the comparisons finished so far, kept if the step fails
 step serving 150 "$RESULTS/$DATE-serving-$DEVICE.json" \
     "$PYTHON" benchmarks/serving.py --only engine_throughput --only time_to_first_token \
     --only known_image_encode --only batch1_agreement --old-requests "$([ "$QUICK" = 1 ] && echo 2 || echo 4)" \
-    --iters 3 --decode-attention "$ATTENTION" --compile-decode "$COMPILE" --out "$PARTIAL"
+    --iters 3 --decode-attention "$ATTENTION" --out "$PARTIAL"
 case "${STATUS[serving]}" in "rc=0 "*) rm -f "$PARTIAL" ;; *) if [ -n "${OUT:-}" ] && [ -f "$PARTIAL" ]; then cp "$PARTIAL" "$OUT"/; fi ;; esac
 if [ "$QUICK" = 1 ]; then  # the GPU tests of the decoder and the tile cache only
     step gpu_tests 70 "$RESULTS/$DATE-gpu_tests-$DEVICE.txt" \
@@ -86,7 +87,7 @@ step profile_request 45 "$RESULTS/$DATE-profile_request-$DEVICE.json" "$PYTHON" 
 if [ "$QUICK" != 1 ]; then
     step describe_regions 80 "$RESULTS/$DATE-describe_regions-$DEVICE.json" \
         "$PYTHON" benchmarks/serving.py --only describe_regions --max-new-tokens 32 --iters 2 \
-        --decode-attention "$ATTENTION" --compile-decode "$COMPILE"
+        --decode-attention "$ATTENTION"
     step prefill_chunking 40 "$RESULTS/$DATE-prefill_chunking-$DEVICE.json" \
         "$PYTHON" benchmarks/serving.py --only prefill_chunking --iters 3
     step roi_replay 40 "$RESULTS/$DATE-roi_replay-$DEVICE.json" "$PYTHON" benchmarks/roi_replay.py

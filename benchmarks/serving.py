@@ -154,9 +154,8 @@ def _model_info(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _decode_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The engine's decode-step options from ``--decode-attention`` / ``--compile-decode``."""
-    compiled = {"auto": "auto", "on": True, "off": False}[args.compile_decode]
-    return {"decode_attention": args.decode_attention, "compile_decode": compiled}
+    """The engine's decode-step options (``--decode-attention``)."""
+    return {"decode_attention": args.decode_attention}
 
 
 def _image_file(side: int, seed: int) -> str:
@@ -675,7 +674,6 @@ def main(argv: list[str] | None = None) -> int:
     serving.add_argument("--max-seq-len", type=int, default=None, help="engine positions per slot (default: auto)")
     serving.add_argument("--agreement-requests", type=int, default=16, help="requests in batch1_agreement")
     parser.add_argument("--decode-attention", default="auto", choices=["auto", "sdpa", "matmul"], help="engine's")
-    parser.add_argument("--compile-decode", default="auto", choices=["auto", "on", "off"], help="engine's (CUDA)")
     parser.add_argument("--out", default=None, help="also write the JSON to this file (after each comparison)")
     args = parser.parse_args(argv)
     if args.new_tokens is None:

@@ -73,3 +73,22 @@ def test_gpu_check_script_names_existing_scripts_and_flags() -> None:
             assert proc.returncode == 0, proc.stderr[-2000:]
             missing = [flag for flag in flags if flag not in proc.stdout]
             assert not missing, f"{name} does not take {missing}"
+
+
+def test_profile_request_reports_every_phase() -> None:
+    proc = _run("profile_request.py", "--side", "448", "--iters", "1", "--top", "3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    phases = report["first_question"]["median_ms"]
+    assert list(phases) == [
+        "read_png",
+        "digest",
+        "resize_to_uint8_tiles",
+        "prepare",
+        "vision_tower_via_tile_cache",
+        "embeddings_and_roi_replay",
+        "prefill_whole_prompt",
+    ]
+    assert all(ms > 0 for ms in phases.values())
+    assert len(report["decode_step"]["eager_top"]) == 3
+    assert report["first_question"]["vision_tower_profile"]["top_by_host_time"]

@@ -138,13 +138,11 @@ class _Runtime:
         chunk = settings["prefill_chunk_tokens"]
         self.pipeline = pipeline
         attention = settings["decode_attention"]
-        compiled = settings["compile_decode"]
         self.decoder = BatchDecoder(
             pipeline.model,
             slots=slots,
             max_len=max_len,
             attention="sdpa" if attention == "auto" else attention,
-            compile_layers=False if compiled == "auto" else bool(compiled),
         )
         self.batcher = ContinuousBatcher(
             self.decoder,
@@ -184,9 +182,7 @@ class LocalEngine(Engine):
             on CPU 69 ms whole, 127 ms in 2048-token chunks; GAR-1B size in bf16 on an H200 26 ms whole, 49 ms
             in 2048-token chunks).
         decode_attention: the decode step's attention over the cache, ``"sdpa"`` or ``"matmul"`` (see
-            :class:`~gar_tools.model.decoder.BatchDecoder`); ``"auto"``: ``"sdpa"``.
-        compile_decode: compile the decode step's layers with ``torch.compile`` before capturing its CUDA graphs
-            (CUDA only; a compilation of tens of seconds when the engine starts); ``"auto"``: off.
+            :class:`~gar_tools.model.decoder.BatchDecoder`, with what each measured); ``"auto"``: ``"sdpa"``.
         tile_cache_bytes: bound of the per-image tile-feature cache; default 256 MiB on CPU, 2 GiB on CUDA.
         segmenter: a SAM-family checkpoint (hub id, folder, ``"tiny-sam"``) or a loaded
             :class:`~gar_tools.segment.segmenter.Segmenter`, to turn points and segment boxes into masks; loaded
@@ -208,7 +204,6 @@ class LocalEngine(Engine):
         max_seq_len: int | None = None,
         prefill_chunk_tokens: int | Literal["auto"] | None = "auto",
         decode_attention: DecodeAttention | Literal["auto"] = "auto",
-        compile_decode: bool | Literal["auto"] = "auto",
         tile_cache_bytes: int | None = None,
         segmenter: str | Segmenter | None = None,
     ) -> None:
@@ -223,7 +218,6 @@ class LocalEngine(Engine):
             "max_seq_len": max_seq_len,
             "prefill_chunk_tokens": prefill_chunk_tokens,
             "decode_attention": decode_attention,
-            "compile_decode": compile_decode,
             "tile_cache_bytes": tile_cache_bytes,
             "max_new_tokens_limit": MAX_NEW_TOKENS_LIMIT,
         }
