@@ -4,9 +4,9 @@ Builds a random-weight checkpoint of a size preset (default ``gar-1b``: GAR-1B's
 device, loads it through ``gar_tools.model.load``, prefills ``--batch`` sequences of ``--prompt-tokens`` random
 token embeddings and times ``--new-tokens`` decode steps. The baseline, in the same run, is transformers'
 ``generate`` at batch 1 (dynamic cache). Without CUDA it runs the ``tiny`` preset for a smoke test; CPU figures
-say nothing about GPUs. ``--variants`` picks decode-step variants (:data:`VARIANTS`: CUDA graphs or not, SDPA or
-matmul attention); the report names the fastest graph variant at the smallest batch. ``--out FILE`` rewrites the
-report there after every row, so a run stopped by a time limit keeps what it measured.
+say nothing about GPUs. ``--variants`` picks decode-step variants (:data:`VARIANTS`: CUDA graphs or not; SDPA,
+matmul or the split-KV Triton attention); the report names the fastest graph variant at the smallest batch.
+``--out FILE`` rewrites the report there after every row, so a run stopped by a time limit keeps what it measured.
 
     python benchmarks/decode_batching.py [--preset gar-1b|gar-8b|tiny] [--model FOLDER] [--batch 1 8 32]
         [--prompt-tokens 4700] [--new-tokens 128] [--dtype bf16] [--variants NAME ...] [--skip-generate]
@@ -46,6 +46,7 @@ VARIANTS: dict[str, tuple[bool, str]] = {
     "eager": (False, "sdpa"),
     "cuda_graphs": (True, "sdpa"),
     "cuda_graphs+matmul": (True, "matmul"),
+    "cuda_graphs+triton": (True, "triton"),
 }
 
 

@@ -7,7 +7,8 @@
 #
 # It writes into benchmarks/results/ (and, when $OUT is set, copies each result there, with all logs in one
 # $OUT/gpu_check.log), every file named DATE-WHAT-DEVICE.*, every JSON holding the device name:
-#   1. DATE-decode_batching-DEVICE.json   decode-step variants (eager; CUDA graphs with SDPA or matmul attention),
+#   1. DATE-decode_batching-DEVICE.json   decode-step variants (eager; CUDA graphs with SDPA, matmul or Triton
+#                                         split-KV attention),
 #                                         GAR-1B size preset in bf16; the fastest graph variant at batch 1 is the
 #                                         one the engine runs in the next steps
 #   2. DATE-serving-DEVICE.json           benchmarks/serving.py: old batch-1 generate vs the engine (throughput at
@@ -62,12 +63,12 @@ step() {  # step NAME SECONDS OUTFILE COMMAND...: run with a time limit, stdout 
 DECODE="$RESULTS/$DATE-decode_batching-$DEVICE.json"
 if [ "$QUICK" = 1 ]; then DECODE_ARGS=(--batch 1 16 --new-tokens 64 --skip-generate); else DECODE_ARGS=(--batch 1 8 32); fi
 step decode_batching 90 "$DECODE.stdout" "$PYTHON" benchmarks/decode_batching.py --preset gar-1b "${DECODE_ARGS[@]}" \
-    --variants eager cuda_graphs cuda_graphs+matmul --out "$DECODE"
+    --variants eager cuda_graphs cuda_graphs+matmul cuda_graphs+triton --out "$DECODE"
 if [ -n "${OUT:-}" ] && [ -f "$DECODE" ]; then cp "$DECODE" "$OUT"/; fi
 rm -f "$DECODE.stdout" "$OUT/$(basename "$DECODE").stdout" 2>/dev/null
 BEST="$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1])).get("fastest_graph_variant_at_smallest_batch") or "")' "$DECODE" 2>/dev/null)"
 ATTENTION=sdpa
-case "$BEST" in *matmul*) ATTENTION=matmul ;; esac
+case "$BEST" in *matmul*) ATTENTION=matmul ;; *triton*) ATTENTION=triton ;; esac
 echo "   fastest decode variant at batch 1: ${BEST:-none}: the serving steps run --decode-attention $ATTENTION"
 
 PARTIAL="$RESULTS/$DATE-serving-$DEVICE.partial.json"  # the comparisons finished so far, kept if the step fails

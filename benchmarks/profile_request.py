@@ -142,7 +142,7 @@ def decode_step(pipeline: Any, top: int) -> dict[str, Any]:
     out["eager_kernel_time_us"] = round(sum(e.device_time for e in kernels), 1) if kernels else None
     out["eager_top"] = _kernel_table(prof, top)
     if torch.cuda.is_available():
-        for attention in ("sdpa", "matmul"):
+        for attention in ("sdpa", "matmul", "triton"):
             graphs = BatchDecoder(pipeline.model, slots=1, max_len=length + 64, attention=attention)
             graphs.activate(0, 0, length)
             for _ in range(3):

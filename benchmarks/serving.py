@@ -673,7 +673,9 @@ def main(argv: list[str] | None = None) -> int:
     serving.add_argument("--max-batch-size", type=int, default=16, help="engine slots (default 16)")
     serving.add_argument("--max-seq-len", type=int, default=None, help="engine positions per slot (default: auto)")
     serving.add_argument("--agreement-requests", type=int, default=16, help="requests in batch1_agreement")
-    parser.add_argument("--decode-attention", default="auto", choices=["auto", "sdpa", "matmul"], help="engine's")
+    parser.add_argument(
+        "--decode-attention", default="auto", choices=["auto", "sdpa", "matmul", "triton"], help="the engine's"
+    )
     parser.add_argument("--out", default=None, help="also write the JSON to this file (after each comparison)")
     args = parser.parse_args(argv)
     if args.new_tokens is None:

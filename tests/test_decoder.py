@@ -65,8 +65,32 @@ def test_staggered_batch_equals_generate_alone(tiny_pipeline, mixed_requests, at
         assert out == request.expected
 
 
+def test_triton_attention_decodes_like_generate(tiny_pipeline, mixed_requests) -> None:
+    """The split-KV kernel in the decode step (interpreted on CPU; see tests/test_decode_attention.py): two rows of
+    different lengths decode the ids of generate alone."""
+    from gar_tools.kernels.decode_attention import decode_attention_backend
+
+    if decode_attention_backend("cpu") != "triton":
+        pytest.skip("Triton interpreter not active: attention='triton' would run the reference")
+    long_enough = [r for r in mixed_requests if r.max_new_tokens >= 4]
+    chosen = sorted(long_enough, key=lambda r: r.prepared.input_ids.shape[1])[:2]
+    longest = max(r.prepared.input_ids.shape[1] + r.max_new_tokens for r in chosen)
+    decoder = BatchDecoder(tiny_pipeline.model, slots=2, max_len=longest + 1, attention="triton")
+    outputs = []
+    for slot, request in enumerate(chosen):
+        embeds = request.build_embeds()[0]
+        outputs.append([int(decoder.prefill(slot, embeds).argmax())])
+        decoder.activate(slot, outputs[slot][0], embeds.shape[0])
+    steps = 3
+    for _ in range(steps):
+        for slot, token in enumerate(decoder.step(2).tolist()):
+            outputs[slot].append(token)
+    for request, out in zip(chosen, outputs, strict=True):
+        assert out == request.expected[: steps + 1]
+
+
 def test_decoder_options_are_checked(tiny_pipeline) -> None:
-    with pytest.raises(ValueError, match="attention must be 'sdpa' or 'matmul'"):
+    with pytest.raises(ValueError, match="attention must be 'sdpa', 'matmul' or 'triton'"):
         BatchDecoder(tiny_pipeline.model, slots=1, max_len=8, attention="flash")  # type: ignore[arg-type]
 
 
@@ -79,7 +103,7 @@ def test_prefill_rejects_what_does_not_fit(tiny_pipeline) -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("attention", ["sdpa", "matmul"])
+@pytest.mark.parametrize("attention", ["sdpa", "matmul", "triton"])
 def test_cuda_graph_decode_equals_eager(tiny_pipeline, mixed_requests, attention) -> None:
     """On CUDA: the captured decode step gives the ids of the same step run eagerly (fp32, tiny model), and the
     first step's ids are those of generate alone."""

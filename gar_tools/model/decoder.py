@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
+from gar_tools.kernels.decode_attention import decode_attention
 from gar_tools.model.kv_cache import StaticKVCache
 from gar_tools.model.modeling import GarModel
 
@@ -64,7 +65,7 @@ def default_span_buckets(max_len: int) -> list[int]:
     return spans
 
 
-DecodeAttention = Literal["sdpa", "matmul"]
+DecodeAttention = Literal["sdpa", "matmul", "triton"]
 
 
 def decode_layer(
@@ -75,17 +76,18 @@ def decode_layer(
     cos: torch.Tensor,
     sin: torch.Tensor,
     visible: torch.Tensor,
+    lengths: torch.Tensor,
     rows: torch.Tensor,
     positions: torch.Tensor,
     num_kv_heads: int,
-    matmul: bool,
+    attention: DecodeAttention,
 ) -> torch.Tensor:
     """One Llama decoder layer for ``B`` rows of one new token each: ``x`` [B, 1, hidden] → [B, 1, hidden].
 
     ``keys``/``values`` are the layer's whole cache [S, KV, max_len, D]; row ``r`` (slot ``rows[r]``) writes its new
     K/V at column ``positions[r]`` and attends over the first ``span = visible.shape[-1]`` columns where
-    ``visible`` [B, 1, 1, span] is true. The G query heads sharing a KV head act as G query positions (GQA without
-    copying K/V).
+    ``visible`` [B, 1, 1, span] is true — its first ``lengths[r]`` columns. The G query heads sharing a KV head act
+    as G query positions (GQA without copying K/V).
     """
     attn = layer.self_attn
     b, span = x.shape[0], visible.shape[-1]
@@ -99,13 +101,16 @@ def decode_layer(
     keys[rows, :, positions] = k[:, :, 0]  # each row writes its own column
     values[rows, :, positions] = v[:, :, 0]
     q = q.reshape(b, num_kv_heads, groups, head_dim)  # [B, KV, G, D]
-    k_span, v_span = keys[:b, :, :span], values[:b, :, :span]  # [B, KV, span, D]
-    if matmul:
-        scores = torch.matmul(q, k_span.transpose(-1, -2)).float() * attn.scaling  # [B, KV, G, span]
-        scores = scores.masked_fill(~visible, float("-inf"))
-        out = torch.matmul(scores.softmax(dim=-1).to(v_span.dtype), v_span)  # [B, KV, G, D]
+    if attention == "triton":  # split-KV kernel over the whole cache (gar_tools.kernels.decode_attention)
+        out = decode_attention(q, keys, values, lengths, scale=attn.scaling, span=span)
     else:
-        out = F.scaled_dot_product_attention(q, k_span, v_span, attn_mask=visible, scale=attn.scaling)
+        k_span, v_span = keys[:b, :, :span], values[:b, :, :span]  # [B, KV, span, D]
+        if attention == "matmul":
+            scores = torch.matmul(q, k_span.transpose(-1, -2)).float() * attn.scaling  # [B, KV, G, span]
+            scores = scores.masked_fill(~visible, float("-inf"))
+            out = torch.matmul(scores.softmax(dim=-1).to(v_span.dtype), v_span)  # [B, KV, G, D]
+        else:
+            out = F.scaled_dot_product_attention(q, k_span, v_span, attn_mask=visible, scale=attn.scaling)
     x = x + attn.o_proj(out.reshape(b, 1, num_kv_heads * groups * head_dim))
     return x + layer.mlp(layer.post_attention_layernorm(x))
 
@@ -156,6 +161,8 @@ class BatchDecoder:
             head at batch 1). Same math; roundings differ. On an H200, GAR-1B size in bf16, batch 1, 4.7k cached
             tokens: a graph-replayed step takes 3.57 ms with ``"sdpa"``, 3.16 ms with ``"matmul"``
             (``benchmarks/results/2026-11-27-profile_request-nvidia-h200-run2.json``); larger batches unmeasured.
+            ``"triton"``: the split-KV kernels of :mod:`gar_tools.kernels.decode_attention` (float32 math; on CPU
+            the pure-torch reference unless Triton's interpreter is on) — not yet measured on a GPU.
     """
 
     def __init__(
@@ -201,8 +208,8 @@ class BatchDecoder:
             raise ValueError(f"span buckets must be positive and end at max_len={max_len}, got {self.span_buckets}")
         # Host copy of the positions (the device buffer advances inside the step): picks the span without a sync.
         self._host_positions = [self.cache.scratch_position] * slots
-        if attention not in ("sdpa", "matmul"):
-            raise ValueError(f"attention must be 'sdpa' or 'matmul', got {attention!r}")
+        if attention not in ("sdpa", "matmul", "triton"):
+            raise ValueError(f"attention must be 'sdpa', 'matmul' or 'triton', got {attention!r}")
         self.attention: DecodeAttention = attention
         self.use_cuda_graphs = (self.device.type == "cuda") if cuda_graphs is None else bool(cuda_graphs)
         if self.use_cuda_graphs and self.device.type != "cuda":
@@ -299,10 +306,11 @@ class BatchDecoder:
         x = self.lm.embed_tokens(self.tokens[:b])[:, None]  # [B, 1, hidden]
         cos, sin = self.lm.rotary_emb(x, positions[:, None])  # [B, 1, D]
         visible = (self._columns[None, :span] <= positions[:, None])[:, None, None, :]  # [B, 1, 1, span]
+        lengths = torch.clamp(positions + 1, max=span)  # [B] columns each row sees (parked rows: all of the span)
         for i, layer in enumerate(self.lm.layers):
             x = decode_layer(
-                layer, x, self.cache.keys[i], self.cache.values[i], cos, sin, visible, self._rows[:b], positions,
-                self.num_kv_heads, self.attention == "matmul",
+                layer, x, self.cache.keys[i], self.cache.values[i], cos, sin, visible, lengths, self._rows[:b],
+                positions, self.num_kv_heads, self.attention,
             )  # fmt: skip
         logits = self.lm_head(self.lm.norm(x[:, 0]))  # [B, vocab]
         self.tokens[:b] = logits.argmax(dim=-1)  # greedy; first index on ties, like torch.argmax in generate
