@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One prepared GPU check, sized for a 15-minute GPU lease (the machine's start-up counts too, so the steps below
-# are capped at about 9 minutes in all by `timeout`; a step that fails or times out is reported and the next one
-# still runs). Most important first. Run from the repository root on a machine with CUDA:
+# are capped at about 10 minutes in all by `timeout`, QUICK=1 about 6; a step that fails or times out is reported
+# and the next one still runs). Most important first. Run from the repository root on a machine with CUDA:
 #
 #     bash benchmarks/gpu_check.sh            # PYTHON=.venv/bin/python bash benchmarks/gpu_check.sh
 #
@@ -11,19 +11,21 @@
 #                                         split-KV attention),
 #                                         GAR-1B size preset in bf16; the fastest graph variant at batch 1 is the
 #                                         one the engine runs in the next steps
-#   2. DATE-serving-DEVICE.json           benchmarks/serving.py: old batch-1 generate vs the engine (throughput at
-#                                         1/4/8/16, time to first token, known-image encode, bf16 batch-1 agreement);
-#                                         if it fails or times out, DATE-serving-DEVICE.partial.json keeps the
-#                                         comparisons it finished
-#   3. DATE-gpu_tests-DEVICE.txt          python -m pytest -q -m gpu tests/ (decoder CUDA graphs and variants,
-#                                         scheduler, tile cache, the RoI replay Triton kernel)
-#   4. DATE-profile_request-DEVICE.json   where a 17-tile first question's time goes; kernels of a decode step
+#   2. DATE-profile_request-DEVICE.json   where a 17-tile first question's time goes (the vision tower eager and
+#                                         replayed from CUDA graphs); kernels of a decode step, graph step times
+#   3. DATE-serving-DEVICE.json           benchmarks/serving.py with the fastest options of 1 and 2: old batch-1
+#                                         generate vs the engine (throughput at 1/4/8/16, time to first token,
+#                                         known-image encode, bf16 batch-1 agreement); if it fails or times out,
+#                                         DATE-serving-DEVICE.partial.json keeps the comparisons it finished
+#   4. DATE-gpu_tests-DEVICE.txt          python -m pytest -q -m gpu tests/ (decoder CUDA graphs and attention
+#                                         variants, split-KV kernels, scheduler, tile cache and vision graphs, RoI
+#                                         replay kernel)
 #   5. describe_regions, prefill_chunking, roi_replay JSONs (not with QUICK=1)
 # Then a summary of exit codes. Commit the result files (git add benchmarks/results/) and add README rows.
 set -u
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python}"
-QUICK="${QUICK:-0}"  # QUICK=1: about 6 minutes (fewer batch sizes and tests; no describe_regions, prefill, roi_replay)
+QUICK="${QUICK:-0}"  # QUICK=1: fewer batch sizes and tests; no describe_regions, prefill_chunking, roi_replay
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" PYTHONUNBUFFERED=1
 RESULTS=benchmarks/results
 DATE="$(date -u +%Y-%m-%d)"
@@ -71,24 +73,37 @@ ATTENTION=sdpa
 case "$BEST" in *matmul*) ATTENTION=matmul ;; *triton*) ATTENTION=triton ;; esac
 echo "   fastest decode variant at batch 1: ${BEST:-none}: the serving steps run --decode-attention $ATTENTION"
 
+# 2. Where a request's time goes; the vision tower eager vs replayed from CUDA graphs (checked equal): the serving
+#    steps replay it when that was equal and faster.
+PROFILE="$RESULTS/$DATE-profile_request-$DEVICE.json"
+step profile_request 60 "$PROFILE" "$PYTHON" benchmarks/profile_request.py
+VISION_FLAG="$("$PYTHON" -c '
+import json, sys
+q = json.load(open(sys.argv[1]))["first_question"]
+ms = q["median_ms"]
+ok = q.get("vision_cuda_graph_features_equal_eager") and q.get("vision_cuda_graphs_captured")
+print("--vision-graphs" if ok and ms["vision_tower_cuda_graphs"] < ms["vision_tower_via_tile_cache"] else "")
+' "$PROFILE" 2>/dev/null)"
+echo "   vision tower from CUDA graphs in the serving steps: ${VISION_FLAG:-no}"
+
 PARTIAL="$RESULTS/$DATE-serving-$DEVICE.partial.json"  # the comparisons finished so far, kept if the step fails
 step serving 150 "$RESULTS/$DATE-serving-$DEVICE.json" \
     "$PYTHON" benchmarks/serving.py --only engine_throughput --only time_to_first_token \
     --only known_image_encode --only batch1_agreement --old-requests "$([ "$QUICK" = 1 ] && echo 2 || echo 4)" \
-    --iters 3 --decode-attention "$ATTENTION" --out "$PARTIAL"
+    --iters 3 --decode-attention "$ATTENTION" $VISION_FLAG --out "$PARTIAL"
 case "${STATUS[serving]}" in "rc=0 "*) rm -f "$PARTIAL" ;; *) if [ -n "${OUT:-}" ] && [ -f "$PARTIAL" ]; then cp "$PARTIAL" "$OUT"/; fi ;; esac
 if [ "$QUICK" = 1 ]; then  # the GPU tests of the decoder and the tile cache only
     step gpu_tests 70 "$RESULTS/$DATE-gpu_tests-$DEVICE.txt" \
-        "$PYTHON" -m pytest -q -m gpu tests/test_decoder.py tests/test_tile_cache.py -p no:cacheprovider -rA
+        "$PYTHON" -m pytest -q -m gpu tests/test_decoder.py tests/test_decode_attention.py tests/test_tile_cache.py \
+        -p no:cacheprovider -rA
 else
     step gpu_tests 130 "$RESULTS/$DATE-gpu_tests-$DEVICE.txt" \
         "$PYTHON" -m pytest -q -m gpu tests/ -p no:cacheprovider -rA
 fi
-step profile_request 45 "$RESULTS/$DATE-profile_request-$DEVICE.json" "$PYTHON" benchmarks/profile_request.py
 if [ "$QUICK" != 1 ]; then
     step describe_regions 80 "$RESULTS/$DATE-describe_regions-$DEVICE.json" \
         "$PYTHON" benchmarks/serving.py --only describe_regions --max-new-tokens 32 --iters 2 \
-        --decode-attention "$ATTENTION"
+        --decode-attention "$ATTENTION" $VISION_FLAG
     step prefill_chunking 40 "$RESULTS/$DATE-prefill_chunking-$DEVICE.json" \
         "$PYTHON" benchmarks/serving.py --only prefill_chunking --iters 3
     step roi_replay 40 "$RESULTS/$DATE-roi_replay-$DEVICE.json" "$PYTHON" benchmarks/roi_replay.py

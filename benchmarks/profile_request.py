@@ -5,7 +5,8 @@
 A first question (cold tile cache, a new image each time) on a ``--side`` × ``--side`` image (1792: 4×4 tiles +
 thumbnail = 17) is timed phase by phase as the local engine runs it, each phase synchronized: reading the PNG,
 the image digest, resizing into uint8 tiles, ``prepare`` (masks, prompt map, token ids), the vision tower through
-the tile cache, the input embeddings (scatter + RoI replay), and the whole-prompt prefill. Then one decode step
+the tile cache (on CUDA also with each chunk of tiles replayed from a CUDA graph, checked equal), the input
+embeddings (scatter + RoI replay), and the whole-prompt prefill. Then one decode step
 at batch 1 runs eagerly under ``torch.profiler`` (kernels per step and the most expensive ones) and, on CUDA,
 from its CUDA graph (time per replay). The model is built like ``benchmarks/serving.py``'s: ``gar-1b`` (random
 weights, GAR-1B's dimensions) in bf16 on CUDA, ``tiny`` in fp32 on CPU (a smoke run: CPU figures say nothing
@@ -67,6 +68,9 @@ def _kernel_table(prof: Any, top: int, key: str | None = None) -> list[dict[str,
 def phases(pipeline: Any, folder: Path, side: int, iters: int) -> dict[str, Any]:
     """Median ms of each phase of a first question on a new image (one warm-up first)."""
     rows: dict[str, list[float]] = {}
+    cuda = torch.cuda.is_available()
+    graphed = TileFeatureCache(device=pipeline.device, cuda_graphs=True, max_bytes=0) if cuda else None
+    equal: list[bool] = []
     for i in range(iters + 1):
         path = _image(folder, side, 100 + i)
         image, load_ms = _timed(lambda path=path: load_image(str(path), ImagePolicy()))
@@ -77,6 +81,9 @@ def phases(pipeline: Any, folder: Path, side: int, iters: int) -> dict[str, Any]
         prepared, prepare_ms = _timed(lambda: pipeline.prepare(image, [mask], None, image_tiles=tiles))  # noqa: B023
         cache = TileFeatureCache(device=pipeline.device)
         features, vision_ms = _timed(lambda: cache.image_features(pipeline.model, prepared, digest))  # noqa: B023
+        if graphed is not None:  # the same, each chunk of tiles replayed from a CUDA graph (captured in the warm-up)
+            replayed, graph_ms = _timed(lambda: graphed.image_features(pipeline.model, prepared, digest))  # noqa: B023
+            equal.append(torch.equal(replayed, features))
         embeds, embed_ms = _timed(lambda: pipeline.embed(prepared, features))  # noqa: B023
         decoder = BatchDecoder(pipeline.model, slots=1, max_len=embeds.shape[1] + 8, cuda_graphs=False)
         _, prefill_ms = _timed(lambda: decoder.prefill(0, embeds[0]))  # noqa: B023
@@ -88,6 +95,7 @@ def phases(pipeline: Any, folder: Path, side: int, iters: int) -> dict[str, Any]
             ("resize_to_uint8_tiles", tiles_ms),
             ("prepare", prepare_ms),
             ("vision_tower_via_tile_cache", vision_ms),
+            *((("vision_tower_cuda_graphs", graph_ms),) if graphed is not None else ()),
             ("embeddings_and_roi_replay", embed_ms),
             ("prefill_whole_prompt", prefill_ms),
         ):
@@ -97,7 +105,9 @@ def phases(pipeline: Any, folder: Path, side: int, iters: int) -> dict[str, Any]
         "tiles": int(prepared.image_tiles.shape[0]),
         "prompt_tokens": int(embeds.shape[1]),
         "median_ms": medians,
-        "sum_ms": round(sum(medians.values()), 2),
+        "sum_ms": round(sum(v for k, v in medians.items() if k != "vision_tower_cuda_graphs"), 2),
+        "vision_cuda_graph_features_equal_eager": all(equal) if graphed is not None else None,
+        "vision_cuda_graphs_captured": bool(graphed is not None and graphed.cuda_graphs),
         "vision_tower_profile": _vision_profile(pipeline, prepared, digest),
     }
 

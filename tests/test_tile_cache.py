@@ -193,3 +193,39 @@ def test_tiles_normalized_on_cuda_are_the_cpu_values(tiny_pipeline, demo3) -> No
     index = list(range(prepared.image_tiles.shape[0]))
     assert torch.equal(prepared.tile_pixel_values(index, "cuda").cpu(), prepared.pixel_values)
     assert torch.equal(prepared.tile_prompt_pixel_values(index, "cuda").cpu(), prepared.prompt_pixel_values)
+
+
+def test_vision_graphs_need_cuda_and_leave_cpu_eager(tiny_pipeline, demo1) -> None:
+    """``cuda_graphs=True`` changes nothing for a model on the CPU; a VisionGraph refuses one."""
+    from gar_tools.model.vision_graph import VisionGraph
+
+    with pytest.raises(ValueError, match="needs the model on a CUDA device"):
+        VisionGraph(tiny_pipeline.model, 4)
+    image, mask = demo1
+    prepared = tiny_pipeline.prepare(image, [mask])
+    digest = image_digest(image)
+    graphed = TileFeatureCache(max_bytes=0, cuda_graphs=True, chunk_tiles=2)
+    plain = TileFeatureCache(max_bytes=0, chunk_tiles=2)
+    assert torch.equal(
+        graphed.image_features(tiny_pipeline.model, prepared, digest),
+        plain.image_features(tiny_pipeline.model, prepared, digest),
+    )
+
+
+@pytest.mark.gpu
+def test_cuda_graph_vision_equals_eager(tiny_pipeline, demo1) -> None:
+    """On CUDA: chunks of tiles replayed from the captured graph give exactly the eager features."""
+    image, mask = demo1
+    model = tiny_pipeline.model.to("cuda")
+    try:
+        eager = TileFeatureCache(max_bytes=0, device="cuda")
+        graphed = TileFeatureCache(max_bytes=0, device="cuda", cuda_graphs=True)
+        digest = image_digest(image)
+        for regions in ([mask], [_box(image.size, 0.05, 0.05, 0.2, 0.2)], [mask]):
+            prepared = tiny_pipeline.prepare(image, regions)
+            assert torch.equal(
+                graphed.image_features(model, prepared, digest), eager.image_features(model, prepared, digest)
+            )
+        assert graphed.cuda_graphs and len(graphed._graphs) == 1
+    finally:
+        tiny_pipeline.model.to("cpu")

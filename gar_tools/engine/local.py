@@ -151,7 +151,9 @@ class _Runtime:
             max_queue=settings["max_queue"],
             prefill_chunk_tokens=None if chunk == "auto" else chunk,
         ).start()
-        self.tiles = TileFeatureCache(settings["tile_cache_bytes"], device=pipeline.device)
+        self.tiles = TileFeatureCache(
+            settings["tile_cache_bytes"], device=pipeline.device, cuda_graphs=settings["vision_cuda_graphs"]
+        )
         # uint8 resized tiles per image (host memory), bounded like the feature cache
         self.image_tiles = ImageValueCache(self.tiles.max_bytes)
         tokenizer = pipeline.processor.tokenizer
@@ -183,6 +185,8 @@ class LocalEngine(Engine):
             in 2048-token chunks).
         decode_attention: the decode step's attention over the cache, ``"sdpa"`` or ``"matmul"`` (see
             :class:`~gar_tools.model.decoder.BatchDecoder`, with what each measured); ``"auto"``: ``"sdpa"``.
+        vision_cuda_graphs: on CUDA, replay the vision tower's fixed-size tile chunks from a CUDA graph (see
+            :class:`~gar_tools.model.tile_cache.TileFeatureCache`); off by default until measured on a GPU.
         tile_cache_bytes: bound of the per-image tile-feature cache; default 256 MiB on CPU, 2 GiB on CUDA.
         segmenter: a SAM-family checkpoint (hub id, folder, ``"tiny-sam"``) or a loaded
             :class:`~gar_tools.segment.segmenter.Segmenter`, to turn points and segment boxes into masks; loaded
@@ -204,6 +208,7 @@ class LocalEngine(Engine):
         max_seq_len: int | None = None,
         prefill_chunk_tokens: int | Literal["auto"] | None = "auto",
         decode_attention: DecodeAttention | Literal["auto"] = "auto",
+        vision_cuda_graphs: bool = False,
         tile_cache_bytes: int | None = None,
         segmenter: str | Segmenter | None = None,
     ) -> None:
@@ -218,6 +223,7 @@ class LocalEngine(Engine):
             "max_seq_len": max_seq_len,
             "prefill_chunk_tokens": prefill_chunk_tokens,
             "decode_attention": decode_attention,
+            "vision_cuda_graphs": vision_cuda_graphs,
             "tile_cache_bytes": tile_cache_bytes,
             "max_new_tokens_limit": MAX_NEW_TOKENS_LIMIT,
         }

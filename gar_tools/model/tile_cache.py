@@ -12,6 +12,7 @@ images, least recently used first. It is meant for the one thread that owns the 
 
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -20,6 +21,7 @@ import torch
 from gar_tools.model.modeling import GarModel, decode_prompt_map
 from gar_tools.model.processing import PreparedInputs, normalize_prompt_tiles
 from gar_tools.model.rgb import image_digest
+from gar_tools.model.vision_graph import VisionGraph
 
 __all__ = [
     "TileFeatureCache",
@@ -82,6 +84,10 @@ class TileFeatureCache:
             by batch size can round differently. Default: 4 on CUDA, none (one call per request) on CPU, where
             the tile count does not change results (the tests check it). For cached and uncached features to be
             bit-identical on a GPU, produce both through this method (``max_bytes=0`` caches nothing).
+        cuda_graphs: on CUDA, with ``chunk_tiles`` set, run each chunk from one captured CUDA graph
+            (:class:`~gar_tools.model.vision_graph.VisionGraph`, the same kernels without the host launching each;
+            captured on first use). If the capture fails, a warning says so and the tower runs eagerly. Default
+            off: not yet measured on a GPU.
     """
 
     def __init__(
@@ -90,6 +96,7 @@ class TileFeatureCache:
         *,
         device: torch.device | str | None = None,
         chunk_tiles: int | None | str = "auto",
+        cuda_graphs: bool = False,
     ) -> None:
         on_cuda = device is not None and torch.device(device).type == "cuda"
         if max_bytes is None:
@@ -102,6 +109,8 @@ class TileFeatureCache:
         if chunk_tiles is not None and (not isinstance(chunk_tiles, int) or chunk_tiles < 1):
             raise ValueError(f"chunk_tiles must be a positive integer or None, got {chunk_tiles!r}")
         self.chunk_tiles: int | None = chunk_tiles
+        self.cuda_graphs = bool(cuda_graphs)
+        self._graphs: dict[tuple[int, int], VisionGraph] = {}  # (id(model), tiles) → captured graph
         self._entries: OrderedDict[_CacheKey, _Entry] = OrderedDict()
         self.nbytes = 0
         self.hits = 0  # tiles taken from the cache
@@ -180,8 +189,29 @@ class TileFeatureCache:
                 chunk_prompts = torch.cat(
                     [chunk_prompts, chunk_prompts.new_full((pad, *chunk_prompts.shape[1:]), background)]
                 )
-            parts.append(model.encode_images(chunk_pixels, chunk_prompts)[: size - pad])  # [≤ size, 256, hidden]
+            encode = self._graph(model, size) or model.encode_images
+            parts.append(encode(chunk_pixels, chunk_prompts)[: size - pad])  # [≤ size, 256, hidden]
         return torch.cat(parts)
+
+    def _graph(self, model: GarModel, tiles: int) -> VisionGraph | None:
+        """The captured vision pass for ``tiles`` tiles (captured now if needed); None when graphs are off, the
+        model is not on CUDA, or the capture failed (then graphs stay off, with a warning)."""
+        if not self.cuda_graphs or model.device.type != "cuda":
+            return None
+        key = (id(model), tiles)
+        if key not in self._graphs:
+            try:
+                self._graphs[key] = VisionGraph(model, tiles)
+            except Exception as error:  # a tower that cannot be captured still runs, eagerly
+                warnings.warn(
+                    f"the vision tower could not be captured in a CUDA graph ({type(error).__name__}: {error}); "
+                    "running it eagerly",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                self.cuda_graphs = False
+                return None
+        return self._graphs[key]
 
     def _store(self, key: _CacheKey, tiles: dict[int, torch.Tensor]) -> None:
         if not tiles or self.max_bytes == 0:

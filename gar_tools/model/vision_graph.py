@@ -1,0 +1,65 @@
+"""GAR's vision pass over a fixed number of tiles, replayed from one CUDA graph.
+
+Run eagerly, the vision tower is bound by the host: on an H200 at GAR-1B size, 17 tiles in calls of 4 launch
+3 607 kernels that take 63 ms on the GPU but 129 ms of wall time
+(``benchmarks/results/2026-11-27-profile_request-nvidia-h200-run2.json``). The tile cache always calls the tower
+on exactly ``chunk_tiles`` tiles on CUDA, so one captured graph — the mask patch embedding, the vision tower with
+the mask embeddings added after its patch embedding, the projector — serves every call: the inputs are copied
+into the graph's static buffers, the graph replays, the features are copied out.
+
+The graph runs the same kernels on the same shapes as :meth:`GarModel.encode_images` (the GPU tests compare the
+two with ``torch.equal``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from gar_tools.model.modeling import GarModel
+
+__all__ = ["VisionGraph"]
+
+
+class VisionGraph:
+    """``model.encode_images`` on ``[tiles, 3, 448, 448]`` float32 pixel and prompt tiles, from a CUDA graph.
+
+    Args:
+        model: a :class:`GarModel` on a CUDA device.
+        tiles: tiles per call (the tile cache's ``chunk_tiles``).
+        tile_size: the tiles' side in pixels (the processor's; 448 for GAR).
+    """
+
+    def __init__(self, model: GarModel, tiles: int, tile_size: int = 448) -> None:
+        if model.device.type != "cuda":
+            raise ValueError("a VisionGraph needs the model on a CUDA device")
+        if tiles < 1:
+            raise ValueError(f"tiles must be positive, got {tiles}")
+        self.model = model
+        self.tiles = tiles
+        device = model.device
+        background = model.config.prompt_numbers / 127.5 - 1.0  # the normalized "no region" prompt value
+        self.pixels = torch.zeros((tiles, 3, tile_size, tile_size), dtype=torch.float32, device=device)
+        self.prompts = torch.full((tiles, 3, tile_size, tile_size), background, dtype=torch.float32, device=device)
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream), torch.no_grad():
+            for _ in range(2):  # warm-up: lazy initializations and kernel choices happen outside the capture
+                model.encode_images(self.pixels, self.prompts)
+        torch.cuda.current_stream(device).wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph), torch.no_grad():
+            self.features = model.encode_images(self.pixels, self.prompts)  # [tiles, 256, hidden]
+
+    @torch.no_grad()
+    def __call__(self, pixels: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
+        """Features ``[tiles, 256, hidden]`` of ``pixels`` with the masks of ``prompts`` (both ``[tiles, 3, S, S]``,
+        normalized float32, any device); a new tensor, not the graph's buffer."""
+        if pixels.shape != self.pixels.shape or prompts.shape != self.prompts.shape:
+            raise ValueError(
+                f"expected pixel and prompt tiles of shape {tuple(self.pixels.shape)}, "
+                f"got {tuple(pixels.shape)} and {tuple(prompts.shape)}"
+            )
+        self.pixels.copy_(pixels)
+        self.prompts.copy_(prompts)
+        self.graph.replay()
+        return self.features.clone()
