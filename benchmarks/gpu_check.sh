@@ -14,7 +14,8 @@
 #   2. DATE-profile_request-DEVICE.json   where a 17-tile first question's time goes (the vision tower eager and
 #                                         replayed from CUDA graphs); kernels of a decode step, graph step times
 #   3. DATE-serving-DEVICE.json           benchmarks/serving.py with the fastest options of 1 and 2: old batch-1
-#                                         generate vs the engine (throughput at 1/4/8/16, time to first token,
+#                                         generate vs the engine (throughput at 1/4/8/16, also with the requests
+#                                         of a level on one image; time to first token,
 #                                         known-image encode, bf16 batch-1 agreement); if it fails or times out,
 #                                         DATE-serving-DEVICE.partial.json keeps the comparisons it finished
 #   4. DATE-gpu_tests-DEVICE.txt          python -m pytest -q -m gpu tests/ (decoder CUDA graphs and attention
@@ -87,8 +88,9 @@ print("--vision-graphs" if ok and ms["vision_tower_cuda_graphs"] < ms["vision_to
 echo "   vision tower from CUDA graphs in the serving steps: ${VISION_FLAG:-no}"
 
 PARTIAL="$RESULTS/$DATE-serving-$DEVICE.partial.json"  # the comparisons finished so far, kept if the step fails
-step serving 150 "$RESULTS/$DATE-serving-$DEVICE.json" \
+step serving 180 "$RESULTS/$DATE-serving-$DEVICE.json" \
     "$PYTHON" benchmarks/serving.py --only engine_throughput --only time_to_first_token \
+    --only engine_throughput_one_image \
     --only known_image_encode --only batch1_agreement --old-requests "$([ "$QUICK" = 1 ] && echo 2 || echo 4)" \
     --iters 3 --decode-attention "$ATTENTION" $VISION_FLAG --out "$PARTIAL"
 case "${STATUS[serving]}" in "rc=0 "*) rm -f "$PARTIAL" ;; *) if [ -n "${OUT:-}" ] && [ -f "$PARTIAL" ]; then cp "$PARTIAL" "$OUT"/; fi ;; esac

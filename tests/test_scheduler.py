@@ -255,3 +255,45 @@ def test_engine_style_use_streams_the_generate_text(tiny_pipeline, demo3) -> Non
         results = asyncio.run(main(batcher))
     assert [r[0] for r in results] == expected and [r[1] for r in results] == expected
     assert tiles.stats()["tile_hits"] > 0
+
+
+def test_loop_callbacks_get_every_id_in_order_one_wakeup_per_step(tiny_pipeline) -> None:
+    """Callbacks bound to an event loop get all ids, in order, before the result; the ids of one step reach the loop
+    in one wake-up (not one per request); a callback that raises is reported and does not starve the others."""
+    hidden = tiny_pipeline.model.mllm.config.text_config.hidden_size
+    decoder = BatchDecoder(tiny_pipeline.model, slots=3, max_len=64)
+
+    async def main(batcher: ContinuousBatcher) -> tuple[list[list[int]], list[GenerationOutput], int, list[dict]]:
+        loop = asyncio.get_running_loop()
+        errors: list[dict] = []
+        loop.set_exception_handler(lambda _loop, context: errors.append(context))
+        wakeups = 0
+        original = loop.call_soon_threadsafe
+
+        def counting(callback, *args, **kwargs):  # type: ignore[no-untyped-def]
+            nonlocal wakeups
+            if getattr(callback, "__name__", "") == "_run_callbacks":
+                wakeups += 1
+            return original(callback, *args, **kwargs)
+
+        loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+        seen: list[list[int]] = [[], [], []]
+
+        def failing(ids: list[int]) -> None:
+            seen[2].extend(ids)
+            raise ValueError("a broken consumer")
+
+        callbacks = [seen[0].extend, seen[1].extend, failing]
+        handles = [
+            batcher.submit(_fake_embeds(8 + i, hidden, i), max_new_tokens=12, on_token=callbacks[i], loop=loop)
+            for i in range(3)
+        ]
+        outputs = [await handle for handle in handles]
+        return seen, outputs, wakeups, errors
+
+    with ContinuousBatcher(decoder) as batcher:
+        seen, outputs, wakeups, errors = asyncio.run(main(batcher))
+    assert [len(o.token_ids) for o in outputs] == [12, 12, 12]
+    assert seen == [o.token_ids for o in outputs]
+    assert 12 <= wakeups <= 3 * 12 // 2  # ~one per step (plus first tokens), far below one per id (36)
+    assert len(errors) == 12 and all(isinstance(e["exception"], ValueError) for e in errors)

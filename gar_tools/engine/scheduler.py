@@ -80,6 +80,7 @@ class _Request:
     eos_token_ids: frozenset[int]
     on_token: TokenCallback | None
     future: Future[GenerationOutput]
+    loop: asyncio.AbstractEventLoop | None = None  # where on_token runs (None: on the model thread)
     submitted: float = field(default_factory=time.perf_counter)
     embeds: torch.Tensor | None = None  # [L, hidden] once built, until prefilled
     prompt_tokens: int = 0  # L
@@ -93,6 +94,15 @@ class _Request:
     @property
     def reserved_tokens(self) -> int:
         return self.prompt_tokens + self.max_new_tokens
+
+
+def _run_callbacks(loop: asyncio.AbstractEventLoop, items: list[tuple[TokenCallback, list[int]]]) -> None:
+    """On the event loop: each request's ``on_token`` with its ids; a failing one is reported, the others run."""
+    for callback, ids in items:
+        try:
+            callback(ids)
+        except Exception as exc:  # noqa: BLE001 - as asyncio reports an exception in a scheduled callback
+            loop.call_exception_handler({"message": "exception in an on_token callback", "exception": exc})
 
 
 class GenerationHandle:
@@ -157,6 +167,9 @@ class ContinuousBatcher:
         self._queue: deque[_Request] = deque()  # waiting for a slot (guarded by _lock)
         self._slots: list[_Request | None] = [None] * decoder.slots  # running or prefilling (model thread only)
         self._inflight: deque[tuple[PendingTokens, list[_Request]]] = deque()  # launched steps not yet read
+        # ids for callbacks that run on an event loop, sent there together: one wake-up per loop per step, not
+        # one per request (each wake-up takes the GIL from the model thread)
+        self._outbox: dict[asyncio.AbstractEventLoop, list[tuple[TokenCallback, list[int]]]] = {}
         self._closed = False
         self._thread: threading.Thread | None = None
         self.peak_batch = 0  # most slots decoding in one step so far
@@ -205,12 +218,14 @@ class ContinuousBatcher:
         """
         if max_new_tokens < 1:
             raise InputError("must be at least 1", field="max_new_tokens")
-        if on_token is not None and loop is not None:
-            callback, target = on_token, loop
-            on_token = lambda ids: target.call_soon_threadsafe(callback, ids)  # noqa: E731
         future: Future[GenerationOutput] = Future()
         request = _Request(
-            build_embeds, int(max_new_tokens), frozenset(int(i) for i in eos_token_ids), on_token, future
+            build_embeds,
+            int(max_new_tokens),
+            frozenset(int(i) for i in eos_token_ids),
+            on_token,
+            future,
+            loop=loop if on_token is not None else None,
         )
         with self._lock:
             if self._closed:
@@ -261,6 +276,7 @@ class ContinuousBatcher:
                 self._prefill_one_chunk()
                 self._decode()
                 self._read_tokens(block=not self._has_work_besides_reading())
+                self._flush()
         except Exception as exc:  # noqa: BLE001 - never leave callers waiting on a dead thread
             with self._lock:
                 self._closed = True
@@ -407,7 +423,9 @@ class ContinuousBatcher:
                 stopped = True
                 break
         request.token_ids.extend(new)
-        if request.on_token is not None:
+        if request.on_token is not None and request.loop is not None:
+            self._outbox.setdefault(request.loop, []).append((request.on_token, new))
+        elif request.on_token is not None:
             try:
                 request.on_token(new)
             except Exception as exc:  # noqa: BLE001 - a failing callback fails its own request only
@@ -419,7 +437,17 @@ class ContinuousBatcher:
             return False
         return True
 
+    def _flush(self) -> None:
+        """Send the ids gathered for event-loop callbacks: one ``call_soon_threadsafe`` per loop, in order."""
+        outbox, self._outbox = self._outbox, {}
+        for loop, items in outbox.items():
+            try:
+                loop.call_soon_threadsafe(_run_callbacks, loop, items)
+            except RuntimeError:  # the loop is closed: nobody is listening any more
+                pass
+
     def _finish(self, request: _Request, stopped: bool) -> None:
+        self._flush()  # its last ids reach its callback before its result does
         self._free(request)
         now = time.perf_counter()
         t = request.times
@@ -439,6 +467,7 @@ class ContinuousBatcher:
             pass
 
     def _fail(self, request: _Request, exc: BaseException) -> None:
+        self._flush()
         request.done = True
         try:
             request.future.set_exception(exc)
