@@ -539,8 +539,9 @@ def known_image_encode(args: argparse.Namespace) -> dict[str, Any]:
 
 def batch1_agreement(args: argparse.Namespace) -> dict[str, Any]:
     """The share of requests whose token ids, decoded together (``--agreement-requests`` at once through the
-    engine's scheduler, as ``LocalEngine.run`` submits them), equal batch-1 ``generate``'s. Reported as measured
-    (on CUDA in bf16 batched kernels may round differently); the first differing position is listed per request."""
+    engine's scheduler, as ``LocalEngine.run`` submits them), equal batch-1 ``generate``'s, and the share equal to
+    the same engine run on one request at a time (what batching alone changes). Reported as measured (on CUDA in
+    bf16 batched kernels may round differently); the first differing position is listed per request."""
     pipeline = _pipeline(args)
     side, new, n = args.image_size, args.new_tokens, args.agreement_requests
     engine = _engine(args, pipeline)
@@ -551,32 +552,35 @@ def batch1_agreement(args: argparse.Namespace) -> dict[str, Any]:
             generation, prepared = _old_call(pipeline, _request(side, 5000 + i, i, new))
             items.append((generation.token_ids, prepared))
 
-        handles = []
-        for i, (_ids, prepared) in enumerate(items):
+        def submit(i: int, prepared: Any) -> Any:
             digest = f"agreement-{i}"  # one image per request: its own tile-cache key
-            handles.append(
-                runtime.batcher.submit(
-                    (
-                        lambda p=prepared, d=digest: pipeline.embed(
-                            p, runtime.tiles.image_features(pipeline.model, p, d)
-                        )
-                    ),
-                    max_new_tokens=new,
-                    eos_token_ids=runtime.eos_token_ids,
-                )
+            return runtime.batcher.submit(
+                lambda: pipeline.embed(prepared, runtime.tiles.image_features(pipeline.model, prepared, digest)),
+                max_new_tokens=new,
+                eos_token_ids=runtime.eos_token_ids,
             )
+
+        # the engine alone: one request at a time (batch 1 through the same decoder, kernels and tile cache)
+        alone = [submit(i, prepared).result(timeout=600).token_ids for i, (_ids, prepared) in enumerate(items)]
+        handles = [submit(i, prepared) for i, (_ids, prepared) in enumerate(items)]  # all at once
         outputs = [h.result(timeout=600) for h in handles]
     finally:
         _close(engine)
-    rows, equal = [], 0
-    for (old_ids, _p), out in zip(items, outputs, strict=True):
+    rows, equal, equal_alone = [], 0, 0
+    for (old_ids, _p), engine_alone, out in zip(items, alone, outputs, strict=True):
         same = list(out.token_ids) == list(old_ids)
+        same_alone = list(out.token_ids) == list(engine_alone)
         equal += same
-        mismatch = next((k for k, (a, b) in enumerate(zip(old_ids, out.token_ids, strict=False)) if a != b), None)
-        if mismatch is None and not same:
-            mismatch = min(len(old_ids), len(out.token_ids))
+        equal_alone += same_alone
         rows.append(
-            {"equal": same, "old_tokens": len(old_ids), "new_tokens": len(out.token_ids), "first_diff": mismatch}
+            {
+                "equal": same,
+                "old_tokens": len(old_ids),
+                "new_tokens": len(out.token_ids),
+                "first_diff": _first_difference(old_ids, out.token_ids),
+                "equal_to_engine_alone": same_alone,
+                "first_diff_vs_engine_alone": _first_difference(engine_alone, out.token_ids),
+            }
         )
     cuda = pipeline.device.type == "cuda"
     return {
@@ -584,9 +588,17 @@ def batch1_agreement(args: argparse.Namespace) -> dict[str, Any]:
         "requests": n,
         "max_new_tokens": new,
         "share_equal_to_batch1": round(equal / n, 3),
+        "share_equal_to_engine_alone": round(equal_alone / n, 3),
         "requests_detail": rows,
         "targets_met": {"all_equal_to_batch1": equal == n, "cuda_bf16": cuda},
     }
+
+
+def _first_difference(a: list[int], b: list[int]) -> int | None:
+    """The first position where two id lists differ (the shorter one's length if one is a prefix); None if equal."""
+    if list(a) == list(b):
+        return None
+    return next((k for k, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
 
 
 def _sixteen_regions() -> list[dict[str, Any]]:

@@ -32,6 +32,7 @@ def test_serving_old_path_vs_engine_smallest_configuration(tmp_path) -> None:
     proc = _run(
         "serving.py",
         *("--only", "known_image_encode", "--only", "engine_throughput", "--only", "prefill_chunking"),
+        *("--only", "engine_throughput_one_image", "--only", "batch1_agreement", "--agreement-requests", "2"),
         *("--concurrency", "1", "2", "--old-requests", "1", "--new-tokens", "3", "--iters", "1"),
         *("--image-size", "448", "--out", str(out)),
     )
@@ -51,6 +52,12 @@ def test_serving_old_path_vs_engine_smallest_configuration(tmp_path) -> None:
     assert "new_batch1_decode_tokens_per_s" in throughput["new"]["rows"][0]
     assert "max_rss_mib" in throughput["new"]["peak_memory"]
     assert set(throughput["targets_met"]) == {"cpu_8_concurrent_ge_3x_sequential"}  # None: 8 was not run
+    one_image = report["results"]["engine_throughput_one_image"]
+    assert "one per level, shared" in one_image["image"]
+    assert [row["concurrent"] for row in one_image["new"]["rows"]] == [1, 2]
+    assert set(one_image["targets_met"]) == {"cpu_8_concurrent_ge_3x_sequential_one_image"}
+    agreement = report["results"]["batch1_agreement"]  # fp32 on CPU: batched ids equal batch 1, both ways
+    assert agreement["share_equal_to_batch1"] == agreement["share_equal_to_engine_alone"] == 1.0
     prefill = report["results"]["prefill_chunking"]
     assert prefill["prompt_tokens"] == 17 * 256 + 356
     assert all(prefill[k]["n"] == 1 for k in ("whole", "chunks_of_2048", "chunks_of_1024"))
