@@ -318,18 +318,22 @@ class BatchDecoder:
 
     @torch.no_grad()
     def step(self, n: int) -> PendingTokens:
-        """One greedy step for slots ``0 … n-1`` (padded to a bucket); their next ids, on their way to the host.
+        """One greedy step for slots ``0 … n-1``; their next ids, on their way to the host.
 
-        Rows whose slot holds no sequence compute throw-away values on the scratch column.
+        With CUDA graphs the step runs the captured graph of the smallest batch and span buckets that hold it;
+        eagerly it runs exactly ``n`` rows over exactly the columns in use (nothing to pad for). Rows whose slot
+        holds no sequence compute throw-away values on the scratch column.
         """
-        b = self.bucket_for(n)
+        b = self.bucket_for(n) if self.use_cuda_graphs else n
         scratch = self.cache.scratch_position
         running = [p for p in self._host_positions[:b] if p != scratch]
-        span = next(s for s in self.span_buckets if s > max(running, default=0))
         if self.use_cuda_graphs:
+            span = next(s for s in self.span_buckets if s > max(running, default=0))
             self._graphs[(b, span)].replay()
         else:
-            self._decode_step(b, span)
+            if not 1 <= n <= self.slots:
+                raise ValueError(f"a decode batch of {n} rows does not fit {self.slots} slots")
+            self._decode_step(b, max(running, default=0) + 1)
         self._host_positions[:b] = [min(p + 1, scratch) for p in self._host_positions[:b]]
         self._steps += 1
         if self.device.type != "cuda":
