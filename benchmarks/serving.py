@@ -130,19 +130,24 @@ def _pipeline(args: argparse.Namespace) -> Any:
         return _STATE["pipeline"]
     import torch
 
+    from gar_tools.engine.threads import run_in_fresh_thread
     from gar_tools.model import load
     from gar_tools.model.tiny import _cache_root, build_tiny_checkpoint
 
     cuda = _cuda() and args.device != "cpu"
     preset = args.preset or ("gar-1b" if cuda else "tiny")
+    device, dtype = ("cuda" if cuda else "cpu"), args.dtype or ("bf16" if cuda else "fp32")
     start = time.perf_counter()
-    if preset == "tiny":
-        pipeline = load("tiny", device="cuda" if cuda else "cpu", dtype=args.dtype or ("bf16" if cuda else "fp32"))
-    else:
+
+    def build_and_load() -> Any:  # in a thread that ends afterwards (no OpenMP workers left behind)
+        if preset == "tiny":
+            return load("tiny", device=device, dtype=dtype)
         folder = _cache_root() / f"bench-{preset}"
         if not (folder / "tokenizer.json").is_file():
-            build_tiny_checkpoint(folder, preset=preset, device="cuda" if cuda else "cpu", dtype=torch.bfloat16)
-        pipeline = load(folder, device="cuda" if cuda else "cpu", dtype=args.dtype or ("bf16" if cuda else "fp32"))
+            build_tiny_checkpoint(folder, preset=preset, device=device, dtype=torch.bfloat16)
+        return load(folder, device=device, dtype=dtype)
+
+    pipeline = run_in_fresh_thread(build_and_load, name="bench-load")
     _STATE.update(pipeline=pipeline, preset=preset, build_and_load_s=round(time.perf_counter() - start, 1))
     return pipeline
 
@@ -217,14 +222,19 @@ def _peak() -> dict[str, float]:
 
 
 def _old_call(pipeline: Any, request: dict[str, Any], new_tokens: int | None = None) -> Any:
-    """The old path for one request: read and check it as the engine does, ``prepare``, then batch-1 ``generate``."""
+    """The old path for one request: read and check it as the engine does, ``prepare``, then batch-1 ``generate``
+    — on a thread of its own that ends with the call, so it leaves no OpenMP workers behind (all cores are its)."""
     from gar_tools.engine.local import build_job
+    from gar_tools.engine.threads import run_in_fresh_thread
     from gar_tools.images import ImagePolicy
     from gar_tools.toolkit import coerce_request
 
-    job = build_job("describe_region", coerce_request("describe_region", request), ImagePolicy())
-    prepared = pipeline.prepare(job.image, [r.mask for r in job.regions], job.question)
-    return pipeline.generate(prepared, max_new_tokens=new_tokens or request["max_new_tokens"]), prepared
+    def call() -> Any:
+        job = build_job("describe_region", coerce_request("describe_region", request), ImagePolicy())
+        prepared = pipeline.prepare(job.image, [r.mask for r in job.regions], job.question)
+        return pipeline.generate(prepared, max_new_tokens=new_tokens or request["max_new_tokens"]), prepared
+
+    return run_in_fresh_thread(call, name="old-path")
 
 
 def _engine(args: argparse.Namespace, pipeline: Any) -> Any:
@@ -729,8 +739,12 @@ def main(argv: list[str] | None = None) -> int:
         "results": {},
     }
     names = args.only or list(COMPARISONS)
+    from gar_tools.engine.threads import run_in_fresh_thread
+
     for name in names:
-        report["results"][name] = COMPARISONS[name](args)
+        # Each comparison's own torch work runs in threads that end with it (see gar_tools/engine/threads.py: a
+        # thread that keeps OpenMP workers slows the engine's model thread), the old path's calls each in one.
+        report["results"][name] = run_in_fresh_thread(lambda name=name: COMPARISONS[name](args), name="bench")
         if args.out:  # after each comparison, so a run stopped by a time limit keeps what it finished
             report["complete"] = len(report["results"]) == len(names)
             Path(args.out).write_text(json.dumps(report, indent=2) + "\n")

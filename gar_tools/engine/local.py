@@ -24,16 +24,17 @@ import asyncio
 import functools
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import pydantic
 from PIL import Image
 
 from gar_tools.engine.base import Engine, ItemCallback, Progress
 from gar_tools.engine.scheduler import ContinuousBatcher
+from gar_tools.engine.threads import run_in_fresh_thread, serial_torch_thread
 from gar_tools.errors import GarToolsError, InputError, RegionError
 from gar_tools.images import ImagePolicy, load_image
 from gar_tools.inputs import Region, ToolRequest, validation_error_to_input_error
@@ -54,6 +55,8 @@ if TYPE_CHECKING:
     from gar_tools.segment.segmenter import Segmenter
 
 __all__ = ["LocalEngine", "Job", "build_job"]
+
+T = TypeVar("T")
 
 #: Text tokens of a prompt beyond its image and slot tokens (upstream's framing + a long question), for sizing.
 _TEXT_TOKENS = 1024
@@ -236,7 +239,13 @@ class LocalEngine(Engine):
         self._runtime: _Runtime | None = None
         self._lock = threading.Lock()
         self._closed = False
-        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gar-aux")  # loading, segmenting
+        # Auxiliary threads run torch on one OpenMP thread each, so the model thread keeps its speed (threads.py).
+        self._loader = ThreadPoolExecutor(  # loading, segmenting
+            max_workers=1, thread_name_prefix="gar-aux", initializer=serial_torch_thread
+        )
+        self._aux = ThreadPoolExecutor(  # reading images, prepare, results: off the event loop
+            max_workers=4, thread_name_prefix="gar-prepare", initializer=serial_torch_thread
+        )
 
     # --- model ---------------------------------------------------------------------------------------------------
     @property
@@ -253,10 +262,14 @@ class LocalEngine(Engine):
 
                     raise EngineError("the local engine is closed")
                 if self._runtime is None:
-                    pipeline = self._pipeline or load(self.model_name, **self._load_args)  # type: ignore[arg-type]
-                    self._pipeline = pipeline
-                    self._runtime = _Runtime(pipeline, self._settings)
+                    # in a thread that ends afterwards: loading uses every core, and leaves no OpenMP workers behind
+                    self._runtime = run_in_fresh_thread(self._load)
         return self._runtime
+
+    def _load(self) -> _Runtime:
+        pipeline = self._pipeline or load(self.model_name, **self._load_args)  # type: ignore[arg-type]
+        self._pipeline = pipeline
+        return _Runtime(pipeline, self._settings)
 
     @property
     def segmenter(self) -> Segmenter | None:
@@ -267,7 +280,10 @@ class LocalEngine(Engine):
                 if self._segmenter is None:
                     from gar_tools.segment.loading import load_segmenter
 
-                    self._segmenter = load_segmenter(self.segmenter_name, device=pipeline.device, dtype=pipeline.dtype)
+                    name = self.segmenter_name
+                    self._segmenter = run_in_fresh_thread(
+                        lambda: load_segmenter(name, device=pipeline.device, dtype=pipeline.dtype)
+                    )
         return self._segmenter
 
     async def start(self) -> None:
@@ -317,13 +333,13 @@ class LocalEngine(Engine):
             raise validation_error_to_input_error(exc) from None
         if region.points is None and not region.segment:
             raise InputError("give points (with optional labels) or a box to segment", field="region")
-        image = await asyncio.to_thread(load_image, image_source, self.policy, field="image")
+        image = await self._off_loop(load_image, image_source, self.policy, field="image")
         prompt = segment_prompt(region, image.size, field="region", rid="preview")
         loop = asyncio.get_running_loop()
         result = await loop.run_in_executor(
             self._loader, lambda: self._ready() and self.segmenter.segment(image, prompt)
         )
-        return {"rle": await asyncio.to_thread(mask_rle, result.mask), "score": result.score}
+        return {"rle": await self._off_loop(mask_rle, result.mask), "score": result.score}
 
     @staticmethod
     def _image_tiles(runtime: _Runtime, image: Image.Image) -> tuple[str, Any]:
@@ -359,7 +375,7 @@ class LocalEngine(Engine):
             return await self._run_fan_out(get_tool(tool), request, progress, on_item)
         loop = asyncio.get_running_loop()
         segmenting = self.segmenter_name is not None
-        job = await asyncio.to_thread(functools.partial(build_job, segmenter=segmenting), tool, request, self.policy)
+        job = await self._off_loop(functools.partial(build_job, segmenter=segmenting), tool, request, self.policy)
         loaded_before = self._runtime is not None
         started = time.perf_counter()
         runtime = self._runtime or await loop.run_in_executor(self._loader, self._ready)
@@ -373,7 +389,7 @@ class LocalEngine(Engine):
             prepared = pipeline.prepare(job.image, [r.mask for r in job.regions], job.question, image_tiles=tiles)
             return prepared, digest, (time.perf_counter() - begin) * 1000
 
-        prepared, digest, prepare_ms = await asyncio.to_thread(prepare)
+        prepared, digest, prepare_ms = await self._off_loop(prepare)
         stream = TextStream(pipeline.processor.tokenizer)
         deltas: asyncio.Queue[tuple[int, str] | None] = asyncio.Queue()
         generated = 0
@@ -401,8 +417,8 @@ class LocalEngine(Engine):
             await progress(float(generated), float(request.max_new_tokens), tail)
         overlay = None
         if request.overlay:
-            overlay = encode_png_base64(await asyncio.to_thread(draw_overlay, job.image, job.regions))
-        regions = await asyncio.to_thread(  # RLE-encoding large masks is not free: off the event loop
+            overlay = encode_png_base64(await self._off_loop(draw_overlay, job.image, job.regions))
+        regions = await self._off_loop(  # RLE-encoding large masks is not free: off the event loop
             lambda: [_region_info(r, k) for r, k in zip(job.regions, job.prompt_indices, strict=True)]  # type: ignore[arg-type]
         )
         return job.spec.result_model(
@@ -487,7 +503,7 @@ class LocalEngine(Engine):
         regions finish. Cancelling cancels every region's request."""
         loop = asyncio.get_running_loop()
         begin = time.perf_counter()
-        image = await asyncio.to_thread(load_image, request.image, self.policy, field="image")
+        image = await self._off_loop(load_image, request.image, self.policy, field="image")
         runtime = self._runtime or await loop.run_in_executor(self._loader, self._ready)
         load_ms = (time.perf_counter() - begin) * 1000
         pipeline = runtime.pipeline
@@ -496,7 +512,7 @@ class LocalEngine(Engine):
         outcomes = await loop.run_in_executor(self._loader, self._fan_out_regions, spec, request, image)
         segmented = proposed or any(getattr(r, "source", "").startswith("sam:") for r in outcomes)
         segment_ms = (time.perf_counter() - segment_start) * 1000 if segmented else 0.0
-        digest, image_tiles = await asyncio.to_thread(self._image_tiles, runtime, image)  # once for every region
+        digest, image_tiles = await self._off_loop(self._image_tiles, runtime, image)  # once for every region
         total = len(outcomes)
         items: list[RegionDescription | None] = [None] * total
         stats = {"encode_ms": 0.0, "prefill_ms": 0.0, "queue_ms": 0.0, "tokens": 0}
@@ -531,7 +547,7 @@ class LocalEngine(Engine):
             question = spec.question(request, [region.id])
             indices = [SINGLE_REGION_PROMPT_INDEX] if question is None else [0]
             started = time.perf_counter()
-            prepared = await asyncio.to_thread(
+            prepared = await self._off_loop(
                 functools.partial(pipeline.prepare, image_tiles=image_tiles), image, [region.mask], question
             )
             stats["encode_ms"] += (time.perf_counter() - started) * 1000
@@ -549,7 +565,7 @@ class LocalEngine(Engine):
             stats["prefill_ms"] += output.prefill_ms
             stats["queue_ms"] = max(stats["queue_ms"], output.queue_ms + output.wait_ms)
             stats["tokens"] += len(output.token_ids)
-            info = await asyncio.to_thread(_region_info, region, indices[0])
+            info = await self._off_loop(_region_info, region, indices[0])
             await finished(
                 RegionDescription(
                     index=index, id=region.id, text=stream.text, region=info, tokens_generated=len(output.token_ids)
@@ -578,7 +594,7 @@ class LocalEngine(Engine):
         overlay = None
         if request.overlay:
             shown = [r for r in outcomes if isinstance(r, DecodedRegion)]
-            overlay = encode_png_base64(await asyncio.to_thread(draw_overlay, image, shown))
+            overlay = encode_png_base64(await self._off_loop(draw_overlay, image, shown))
         return spec.result_model(
             text="\n".join(f"{item.id}: {item.text}" for item in described),
             regions=[item.region for item in described],
@@ -599,10 +615,14 @@ class LocalEngine(Engine):
             proposed=proposed,
         )
 
+    async def _off_loop(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` on an auxiliary thread (one OpenMP thread for its torch ops), awaited."""
+        return await asyncio.get_running_loop().run_in_executor(self._aux, functools.partial(fn, *args, **kwargs))
+
     # --- lifecycle -----------------------------------------------------------------------------------------------
     async def aclose(self) -> None:
         """Stop the decode loop (running requests are cancelled) without blocking the event loop."""
-        await asyncio.to_thread(self.close)
+        await asyncio.get_running_loop().run_in_executor(None, self.close)
 
     def close(self) -> None:
         """Synchronous :meth:`aclose`."""
@@ -610,5 +630,6 @@ class LocalEngine(Engine):
             self._closed = True
             runtime, self._runtime = self._runtime, None
         self._loader.shutdown(wait=True, cancel_futures=True)
+        self._aux.shutdown(wait=False, cancel_futures=True)
         if runtime is not None:
             runtime.close()
