@@ -47,7 +47,9 @@ class VisionGraph:
                 model.encode_images(self.pixels, self.prompts)
         torch.cuda.current_stream(device).wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph), torch.no_grad():
+        # captured lazily, on the model thread, while other threads may use the GPU (a segmenter): only this
+        # thread's calls must be capture-safe
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"), torch.no_grad():
             self.features = model.encode_images(self.pixels, self.prompts)  # [tiles, 256, hidden]
 
     @torch.no_grad()
