@@ -464,7 +464,7 @@ def time_to_first_token(args: argparse.Namespace) -> dict[str, Any]:
 def prefill_chunking(args: argparse.Namespace) -> dict[str, Any]:
     """Prefill of one 17-tile-sized prompt (``(1 + 16)·256 + 256`` slot + 100 text tokens of random embeddings)
     through :class:`BatchDecoder`: whole, and in chunks of 2048 and 1024 tokens (the engine's ``prefill_chunk_tokens``
-    default is ``"auto"``: 2048 on CUDA, whole prompts on CPU — this is the measurement behind that choice)."""
+    default, ``"auto"``, prefills whole prompts on CPU and CUDA: this is the measurement behind that choice)."""
     import torch
 
     from gar_tools.model.decoder import BatchDecoder

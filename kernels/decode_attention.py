@@ -21,19 +21,12 @@ interpreter when ``TRITON_INTERPRET=1`` was set before triton was imported, and 
 
 from __future__ import annotations
 
-import os
 from typing import Literal
 
 import torch
 
-from .decode_attention_reference import check_decode_attention_inputs, decode_attention_reference
-
-try:  # Triton is optional: without it everything runs through the reference.
-    import triton
-    import triton.language as tl
-except Exception:  # pragma: no cover - depends on the environment
-    triton = None  # type: ignore[assignment]
-    tl = None  # type: ignore[assignment]
+from ._triton import interpreted, runs_on, tl, triton
+from .decode_attention_reference import attend, check_decode_attention_inputs, decode_attention_reference
 
 __all__ = [
     "SPLIT",
@@ -155,23 +148,10 @@ else:  # pragma: no cover - depends on the environment
     _combine_kernel = None
 
 
-def _kernels_interpreted() -> bool:
-    """Whether the kernels were built by Triton's interpreter (TRITON_INTERPRET=1 when triton was imported)."""
-    if triton is None:
-        return False
-    from triton.runtime.interpreter import InterpretedFunction
-
-    return isinstance(_split_kernel, InterpretedFunction)
-
-
 def decode_attention_backend(device: torch.device | str) -> Literal["triton", "torch"]:
     """``"triton"`` for CUDA (with triton), and for CPU when the kernels run under the interpreter; else
     ``"torch"`` (the reference)."""
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        return "triton" if triton is not None else "torch"
-    interpreted = dev.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1" and _kernels_interpreted()
-    return "triton" if interpreted else "torch"
+    return "triton" if runs_on(_split_kernel, device) else "torch"
 
 
 def decode_attention(
@@ -188,7 +168,7 @@ def decode_attention(
     """
     check_decode_attention_inputs(q, keys, values, lengths, span)
     if decode_attention_backend(q.device) == "torch":
-        return decode_attention_reference(q, keys, values, lengths, scale=scale, span=span)
+        return attend(q, keys, values, lengths, scale=scale, span=span)
     b, kv, g, d = q.shape
     q = q.contiguous() if q.stride(-1) != 1 else q
     block_g = max(_MIN_G, triton.next_power_of_2(g))
@@ -197,7 +177,7 @@ def decode_attention(
     part_out = torch.empty((b, kv, splits, block_g, block_d), dtype=torch.float32, device=q.device)
     part_stats = torch.empty((b, kv, splits, 2, block_g), dtype=torch.float32, device=q.device)
     out = torch.empty((b, kv, g, d), dtype=torch.float32, device=q.device)
-    interpreted = _kernels_interpreted()
+    on_interpreter = interpreted(_split_kernel)
     _split_kernel[(b, kv, splits)](
         q,
         keys,
@@ -218,12 +198,12 @@ def decode_attention(
         values.stride(1),
         values.stride(2),
         SPLIT_N=SPLIT,
-        BLOCK_N=SPLIT if interpreted else _BLOCK_N,  # the interpreter runs programs one by one: few, large steps
+        BLOCK_N=SPLIT if on_interpreter else _BLOCK_N,  # the interpreter runs programs one by one: few, large steps
         BLOCK_G=block_g,
         BLOCK_D=block_d,
-        num_warps=1 if interpreted else 4,
+        num_warps=1 if on_interpreter else 4,
     )
     _combine_kernel[(b, kv)](
-        part_out, part_stats, out, g, d, splits, BLOCK_G=block_g, BLOCK_D=block_d, num_warps=1 if interpreted else 4
+        part_out, part_stats, out, g, d, splits, BLOCK_G=block_g, BLOCK_D=block_d, num_warps=1 if on_interpreter else 4
     )
     return out.to(q.dtype)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["decode_attention_reference", "check_decode_attention_inputs"]
+__all__ = ["attend", "check_decode_attention_inputs", "decode_attention_reference"]
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -59,6 +59,13 @@ def decode_attention_reference(
 ) -> torch.Tensor:
     """``out`` [B, KV, G, D] in ``q.dtype`` (see the module docstring); reads columns ``0 … span-1`` only."""
     check_decode_attention_inputs(q, keys, values, lengths, span)
+    return attend(q, keys, values, lengths, scale=scale, span=span)
+
+
+def attend(
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor, *, scale: float, span: int
+) -> torch.Tensor:
+    """:func:`decode_attention_reference` on inputs already checked."""
     b = q.shape[0]
     k = keys[:b, :, :span].float()  # [B, KV, span, D]
     v = values[:b, :, :span].float()

@@ -13,11 +13,11 @@ kernel under Triton's interpreter when ``TRITON_INTERPRET=1`` is set, and the pu
 
 from __future__ import annotations
 
-import os
 from typing import Literal
 
 import torch
 
+from ._triton import interpreted, runs_on, tl, triton, triton_available
 from .roi_replay_reference import (
     BINS,
     GEOMETRIES,
@@ -28,13 +28,6 @@ from .roi_replay_reference import (
     roi_replay_reference,
     spatial_scale,
 )
-
-try:  # Triton is optional: without it everything runs through the reference.
-    import triton
-    import triton.language as tl
-except Exception:  # pragma: no cover - depends on the environment
-    triton = None  # type: ignore[assignment]
-    tl = None  # type: ignore[assignment]
 
 __all__ = [
     "BINS",
@@ -53,11 +46,6 @@ __all__ = [
 Backend = Literal["auto", "triton", "torch"]
 
 _EMBED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
-def triton_available() -> bool:
-    """Whether Triton could be imported (the kernel exists)."""
-    return triton is not None
 
 
 if triton is not None:
@@ -157,19 +145,6 @@ else:  # pragma: no cover - depends on the environment
     _roi_replay_kernel = None
 
 
-def _interpret_requested() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def _kernel_interpreted() -> bool:
-    """Whether ``_roi_replay_kernel`` was built by Triton's interpreter (TRITON_INTERPRET=1 at import)."""
-    if triton is None:
-        return False
-    from triton.runtime.interpreter import InterpretedFunction
-
-    return isinstance(_roi_replay_kernel, InterpretedFunction)
-
-
 def roi_replay_backend(device: torch.device | str, backend: Backend = "auto") -> Literal["triton", "torch"]:
     """Which implementation :func:`roi_replay` uses for tensors on ``device``.
 
@@ -182,10 +157,7 @@ def roi_replay_backend(device: torch.device | str, backend: Backend = "auto") ->
     dev = torch.device(device)
     if backend not in ("auto", "triton", "torch"):
         raise ValueError(f"backend: must be 'auto', 'triton' or 'torch', got {backend!r}")
-    if dev.type == "cuda":
-        runnable = triton is not None
-    else:
-        runnable = dev.type == "cpu" and _interpret_requested() and _kernel_interpreted()
+    runnable = runs_on(_roi_replay_kernel, dev)
     if backend == "torch":
         return "torch"
     if backend == "triton":
@@ -198,9 +170,9 @@ def roi_replay_backend(device: torch.device | str, backend: Backend = "auto") ->
     return "triton" if runnable else "torch"
 
 
-def _block_sizes(c: int, interpreted: bool) -> tuple[int, int, int]:
+def _block_sizes(c: int, on_interpreter: bool) -> tuple[int, int, int]:
     """(BLOCK_B, BLOCK_C, num_warps). The interpreter runs programs one by one: few large ones there."""
-    if interpreted:
+    if on_interpreter:
         return BINS, min(triton.next_power_of_2(c), 2048), 1
     return 16, min(triton.next_power_of_2(c), 128), 4
 
@@ -210,8 +182,8 @@ def _launch(
 ) -> None:
     ncw, nch = grid
     c = tf.shape[2]
-    interpreted = _kernel_interpreted()
-    block_b, block_c, num_warps = _block_sizes(c, interpreted)
+    on_interpreter = interpreted(_roi_replay_kernel)
+    block_b, block_c, num_warps = _block_sizes(c, on_interpreter)
     launch_grid = (boxes.shape[0], BINS // block_b, triton.cdiv(c, block_c))
     _roi_replay_kernel[launch_grid](
         tf,
@@ -225,7 +197,7 @@ def _launch(
         float(scale),
         BLOCK_B=block_b,
         BLOCK_C=block_c,
-        ROUND_BF16=interpreted and out2d.dtype == torch.bfloat16,
+        ROUND_BF16=on_interpreter and out2d.dtype == torch.bfloat16,
         num_warps=num_warps,
     )
 

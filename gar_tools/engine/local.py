@@ -348,8 +348,8 @@ class LocalEngine(Engine):
         digest = image_digest(image)
         tiles = runtime.image_tiles.get(digest)
         if tiles is None:
-            # Resizing a new image is the one helper step that gains from all cores (97 → 60 ms for a 17-tile image
-            # on 2): in a thread of its own, whose OpenMP workers end with it (engine/threads.py).
+            # Resizing a new image is the one helper step that gains much from all cores (its torch ops are
+            # parallel): in a thread of its own, whose OpenMP workers end with it (engine/threads.py).
             tiles = run_in_fresh_thread(
                 lambda: runtime.pipeline.processor.image_tiles(to_rgb(image, copy=False)), name="gar-resize"
             )

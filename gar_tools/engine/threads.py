@@ -3,9 +3,10 @@
 PyTorch's CPU operators run on OpenMP. With GNU OpenMP (``libgomp``, what PyTorch's Linux wheels ship), every
 thread that runs a parallel operator keeps its own team of worker threads for as long as it lives, and once the
 process holds more OpenMP threads than CPUs, libgomp stops letting idle workers spin: each parallel region then
-waits for its workers to be woken. A thread that read and resized images with torch ops besides the model thread
-was enough to slow every decode step of the model thread by about 2× on a 2-core machine (3.1 → 5.8 ms per step,
-tiny model, 4.7 k cached tokens).
+waits for its workers to be woken. Helper threads that read and resized images with torch ops beside the model
+thread were enough to slow the model thread about 2× on a 2-core machine: one request decoded at 173–233 tokens/s
+before this module, 373 after (tiny model, ``python benchmarks/serving.py --only engine_throughput``;
+``benchmarks/results/2026-11-27-serving-one-image-cpu-tiny.json`` and its previous version in git).
 
 So the local engine's auxiliary threads (reading images, ``prepare``, segmenting) run their torch operators on
 one OpenMP thread each (:func:`serial_torch_thread`, their executors' initializer), and loading — which wants

@@ -75,8 +75,8 @@ def decode_layer(
     values: torch.Tensor,
     cos: torch.Tensor,
     sin: torch.Tensor,
-    visible: torch.Tensor,
-    lengths: torch.Tensor,
+    seen: torch.Tensor,
+    span: int,
     rows: torch.Tensor,
     positions: torch.Tensor,
     num_kv_heads: int,
@@ -85,12 +85,12 @@ def decode_layer(
     """One Llama decoder layer for ``B`` rows of one new token each: ``x`` [B, 1, hidden] → [B, 1, hidden].
 
     ``keys``/``values`` are the layer's whole cache [S, KV, max_len, D]; row ``r`` (slot ``rows[r]``) writes its new
-    K/V at column ``positions[r]`` and attends over the first ``span = visible.shape[-1]`` columns where
-    ``visible`` [B, 1, 1, span] is true — its first ``lengths[r]`` columns. The G query heads sharing a KV head act
-    as G query positions (GQA without copying K/V).
+    K/V at column ``positions[r]`` and attends over what ``seen`` marks among the first ``span`` columns: for
+    ``"triton"`` the count of columns each row sees [B], otherwise the bool mask [B, 1, 1, span]. The G query heads
+    sharing a KV head act as G query positions (GQA without copying K/V).
     """
     attn = layer.self_attn
-    b, span = x.shape[0], visible.shape[-1]
+    b = x.shape[0]
     head_dim = keys.shape[-1]
     groups = attn.config.num_attention_heads // num_kv_heads
     h = layer.input_layernorm(x)
@@ -102,15 +102,15 @@ def decode_layer(
     values[rows, :, positions] = v[:, :, 0]
     q = q.reshape(b, num_kv_heads, groups, head_dim)  # [B, KV, G, D]
     if attention == "triton":  # split-KV kernel over the whole cache (gar_tools.kernels.decode_attention)
-        out = decode_attention(q, keys, values, lengths, scale=attn.scaling, span=span)
+        out = decode_attention(q, keys, values, seen, scale=attn.scaling, span=span)
     else:
         k_span, v_span = keys[:b, :, :span], values[:b, :, :span]  # [B, KV, span, D]
         if attention == "matmul":
             scores = torch.matmul(q, k_span.transpose(-1, -2)).float() * attn.scaling  # [B, KV, G, span]
-            scores = scores.masked_fill(~visible, float("-inf"))
+            scores = scores.masked_fill(~seen, float("-inf"))
             out = torch.matmul(scores.softmax(dim=-1).to(v_span.dtype), v_span)  # [B, KV, G, D]
         else:
-            out = F.scaled_dot_product_attention(q, k_span, v_span, attn_mask=visible, scale=attn.scaling)
+            out = F.scaled_dot_product_attention(q, k_span, v_span, attn_mask=seen, scale=attn.scaling)
     x = x + attn.o_proj(out.reshape(b, 1, num_kv_heads * groups * head_dim))
     return x + layer.mlp(layer.post_attention_layernorm(x))
 
@@ -305,12 +305,15 @@ class BatchDecoder:
         positions = self.positions[:b]  # [B]
         x = self.lm.embed_tokens(self.tokens[:b])[:, None]  # [B, 1, hidden]
         cos, sin = self.lm.rotary_emb(x, positions[:, None])  # [B, 1, D]
-        visible = (self._columns[None, :span] <= positions[:, None])[:, None, None, :]  # [B, 1, 1, span]
-        lengths = torch.clamp(positions + 1, max=span)  # [B] columns each row sees (parked rows: all of the span)
+        # what each row sees of the span (parked rows: all of it), once per step, in the form its attention takes
+        if self.attention == "triton":
+            seen = torch.clamp(positions + 1, max=span)  # [B] columns
+        else:
+            seen = (self._columns[None, :span] <= positions[:, None])[:, None, None, :]  # [B, 1, 1, span]
         for i, layer in enumerate(self.lm.layers):
             x = decode_layer(
-                layer, x, self.cache.keys[i], self.cache.values[i], cos, sin, visible, lengths, self._rows[:b],
-                positions, self.num_kv_heads, self.attention,
+                layer, x, self.cache.keys[i], self.cache.values[i], cos, sin, seen, span, self._rows[:b], positions,
+                self.num_kv_heads, self.attention,
             )  # fmt: skip
         logits = self.lm_head(self.lm.norm(x[:, 0]))  # [B, vocab]
         self.tokens[:b] = logits.argmax(dim=-1)  # greedy; first index on ties, like torch.argmax in generate

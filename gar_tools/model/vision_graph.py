@@ -36,10 +36,10 @@ class VisionGraph:
             raise ValueError(f"tiles must be positive, got {tiles}")
         self.model = model
         self.tiles = tiles
+        shape = (tiles, 3, tile_size, tile_size)  # every call copies its own values in before the replay
+        self.pixels = torch.zeros(shape, dtype=torch.float32, device=model.device)
+        self.prompts = torch.zeros(shape, dtype=torch.float32, device=model.device)
         device = model.device
-        background = model.config.prompt_numbers / 127.5 - 1.0  # the normalized "no region" prompt value
-        self.pixels = torch.zeros((tiles, 3, tile_size, tile_size), dtype=torch.float32, device=device)
-        self.prompts = torch.full((tiles, 3, tile_size, tile_size), background, dtype=torch.float32, device=device)
         stream = torch.cuda.Stream(device)
         stream.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(stream), torch.no_grad():
