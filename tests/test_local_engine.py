@@ -96,6 +96,30 @@ async def test_concurrent_requests_answer_as_alone(tiny_pipeline) -> None:
     assert info.running == 0 and info.queued == 0
 
 
+async def test_questions_at_once_on_a_new_image_resize_it_once(tiny_pipeline, monkeypatch) -> None:
+    """Agents asking about one new image at the same time: one of them resizes it into tiles, the others wait for
+    those tiles (they do not each resize it, fighting over the cores); answers stay those of each request alone."""
+    resize, calls = tiny_pipeline.processor.image_tiles, []
+
+    def slow_resize(image):
+        calls.append(1)
+        time.sleep(0.3)  # every request asks for the tiles while this one is resizing
+        return resize(image)
+
+    monkeypatch.setattr(tiny_pipeline.processor, "image_tiles", slow_resize)
+    requests = [
+        {"image": IMAGE3, "region": {"box": [40 * k, 30 * k, 40 * k + 200, 30 * k + 150]}, "max_new_tokens": 3}
+        for k in range(4)
+    ]
+    toolkit = GarToolkit(LocalEngine(pipeline=tiny_pipeline, max_batch_size=4))
+    try:
+        results = await asyncio.gather(*(toolkit.arun("describe_region", r) for r in requests))
+    finally:
+        await toolkit.aclose()
+    assert len(calls) == 1
+    assert [r.text for r in results] == [_alone(tiny_pipeline, "describe_region", r)[0] for r in requests]
+
+
 async def test_astream_yields_deltas_then_the_result(tiny_pipeline) -> None:
     toolkit = GarToolkit(LocalEngine(pipeline=tiny_pipeline))
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 
 import numpy as np
 import pytest
@@ -290,6 +291,43 @@ def test_cache_is_byte_bounded_lru_keyed_by_pixels(small_image) -> None:
     assert cache.get("big") is None and len(cache) == 2
     assert image_digest(small_image) == image_digest(small_image.convert("RGBA").convert("RGB"))
     assert image_digest(small_image) != image_digest(small_image.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
+
+
+def test_cache_computes_a_missing_value_once_for_concurrent_callers() -> None:
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    cache = ImageValueCache(max_bytes=1000)
+    release, calls = threading.Event(), []
+
+    def compute() -> np.ndarray:
+        calls.append(1)
+        release.wait(10)
+        return np.zeros(8, np.uint8)
+
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(cache.get_or_compute, "image", compute) for _ in range(4)]
+        time.sleep(0.1)  # all four are asking while the first computes
+        release.set()
+        values = [f.result() for f in futures]
+    assert len(calls) == 1 and all(v is values[0] for v in values)
+    assert cache.get("image") is values[0] and (cache.misses, cache.hits) == (1, 4)
+
+    def fail() -> np.ndarray:
+        release.wait(10)
+        raise ValueError("unreadable")
+
+    release.clear()
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(cache.get_or_compute, "bad", fail) for _ in range(2)]
+        time.sleep(0.1)
+        release.set()
+        for future in futures:  # the waiter gets the same error; nothing is stored
+            with pytest.raises(ValueError, match="unreadable"):
+                future.result()
+    assert cache.get("bad") is None
+    assert cache.get_or_compute("bad", lambda: np.ones(2, np.uint8)).sum() == 2  # a later call computes again
+    assert ImageValueCache(max_bytes=0).get_or_compute("x", lambda: 7) == 7  # caching off: still computed
 
 
 def test_loader_errors_say_what_to_do(tmp_path, monkeypatch) -> None:

@@ -346,14 +346,15 @@ class LocalEngine(Engine):
         """The image's digest and its resized uint8 tiles, kept per image for the next question on it (exact: they
         depend only on the image). Off the event loop."""
         digest = image_digest(image)
-        tiles = runtime.image_tiles.get(digest)
-        if tiles is None:
-            # Resizing a new image is the one helper step that gains much from all cores (its torch ops are
-            # parallel): in a thread of its own, whose OpenMP workers end with it (engine/threads.py).
-            tiles = run_in_fresh_thread(
+        # Resizing a new image is the one helper step that gains much from all cores (its torch ops are parallel):
+        # in a thread of its own, whose OpenMP workers end with it (engine/threads.py). Once per image: requests
+        # on an image being resized wait for that resize.
+        tiles = runtime.image_tiles.get_or_compute(
+            digest,
+            lambda: run_in_fresh_thread(
                 lambda: runtime.pipeline.processor.image_tiles(to_rgb(image, copy=False)), name="gar-resize"
-            )
-            runtime.image_tiles.put(digest, tiles)
+            ),
+        )
         return digest, tiles
 
     def _segment_regions(self, job: Job) -> None:

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable
-from typing import Any
+from collections.abc import Callable, Hashable
+from concurrent.futures import Future
+from typing import Any, TypeVar
 
 from gar_tools.model.rgb import image_digest
 
 __all__ = ["ImageValueCache", "image_digest", "value_nbytes", "DEFAULT_CACHE_BYTES"]
+
+T = TypeVar("T")
 
 DEFAULT_CACHE_BYTES = 256 * 2**20
 """Default bound: 256 MiB (SAM ViT-B's embedding of one image is 4 MiB in fp32; SAM 2's a few times that)."""
@@ -34,7 +37,8 @@ def value_nbytes(value: Any) -> int:
 
 class ImageValueCache:
     """Least-recently-used values, at most ``max_bytes`` in all (0 disables caching; a value larger than the bound
-    is never stored). Thread-safe. ``hits`` and ``misses`` count lookups."""
+    is never stored). Thread-safe. ``hits`` and ``misses`` count lookups (a caller that waited for another's
+    :meth:`get_or_compute` counts as a hit)."""
 
     def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         if max_bytes < 0:
@@ -43,6 +47,7 @@ class ImageValueCache:
         self._entries: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
+        self._computing: dict[Hashable, Future[Any]] = {}  # keys whose value one caller is computing now
         self.hits = 0
         self.misses = 0
 
@@ -79,6 +84,37 @@ class ImageValueCache:
                 self._bytes -= evicted
             self._entries[key] = (value, size)
             self._bytes += size
+
+    def get_or_compute(self, key: Hashable, compute: Callable[[], T], nbytes: int | None = None) -> T:
+        """The value under ``key``, computed by ``compute()`` and stored when missing — once: callers asking for a
+        key while another computes it wait for that result (or its exception) instead of computing it again, as
+        agents asking several questions about one new image at once do. ``compute`` runs without the lock."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+                self.hits += 1
+                return entry[0]
+            running = self._computing.get(key)
+            if running is None:
+                self._computing[key] = mine = Future()
+                self.misses += 1
+            else:
+                self.hits += 1
+        if running is not None:
+            return running.result()
+        try:
+            value = compute()
+            self.put(key, value, nbytes)
+        except BaseException as exc:
+            mine.set_exception(exc)
+            raise
+        else:
+            mine.set_result(value)
+            return value
+        finally:
+            with self._lock:
+                del self._computing[key]
 
     def clear(self) -> None:
         with self._lock:

@@ -89,14 +89,13 @@ class Segmenter:
     def image_embeddings(self, image: Image.Image, digest: str | None = None) -> Any:
         """The image encoder's output for ``image`` (cached by pixels, see :mod:`gar_tools.segment.cache`)."""
         key = (digest or image_digest(image), self.identity)
-        cached = self.cache.get(key)
-        if cached is not None:
-            return cached
+        return self.cache.get_or_compute(key, lambda: self._embed(image))
+
+    @torch.no_grad()
+    def _embed(self, image: Image.Image) -> Any:
         pixel_values = self._encode(image)["pixel_values"].to(self.device, self.dtype)
-        with torch.no_grad():
-            embeddings = self.model.get_image_embeddings(pixel_values)
+        embeddings = self.model.get_image_embeddings(pixel_values)
         self.embed_calls += 1
-        self.cache.put(key, embeddings)
         return embeddings
 
     # --- prompts -------------------------------------------------------------------------------------------------
