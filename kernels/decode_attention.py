@@ -10,7 +10,8 @@ into chunks of ``SPLIT`` columns as well:
    online softmax; writes the chunk's unnormalized output ``[G, D]``, running max and sum (float32);
 2. ``_combine_kernel``, grid ``(B, KV)``: rescales and adds the chunks of a row and head and normalizes.
 
-All math is float32 (``tl.dot`` with ``input_precision="ieee"``); the output is cast to the query's dtype.
+All math is float32 (``tl.dot`` with ``input_precision="ieee"``); the combine kernel rounds the output to the
+query's dtype as it stores it.
 No host value enters either launch except shapes and strides, so a decode step using it can be captured in a
 CUDA graph (the number of splits is fixed by ``span``, which is fixed per captured graph).
 
@@ -115,7 +116,7 @@ if triton is not None:
     def _combine_kernel(
         part_out_ptr,  # [B, KV, splits, BLOCK_G, BLOCK_D] float32
         part_stats_ptr,  # [B, KV, splits, 2, BLOCK_G] float32
-        out_ptr,  # [B, KV, G, D] float32, contiguous
+        out_ptr,  # [B, KV, G, D] contiguous, in the queries' dtype
         G,
         D,
         splits,
@@ -176,7 +177,7 @@ def decode_attention(
     splits = triton.cdiv(span, SPLIT)
     part_out = torch.empty((b, kv, splits, block_g, block_d), dtype=torch.float32, device=q.device)
     part_stats = torch.empty((b, kv, splits, 2, block_g), dtype=torch.float32, device=q.device)
-    out = torch.empty((b, kv, g, d), dtype=torch.float32, device=q.device)
+    out = torch.empty((b, kv, g, d), dtype=q.dtype, device=q.device)  # the combine kernel rounds into it
     on_interpreter = interpreted(_split_kernel)
     _split_kernel[(b, kv, splits)](
         q,
@@ -206,4 +207,4 @@ def decode_attention(
     _combine_kernel[(b, kv)](
         part_out, part_stats, out, g, d, splits, BLOCK_G=block_g, BLOCK_D=block_d, num_warps=1 if on_interpreter else 4
     )
-    return out.to(q.dtype)
+    return out

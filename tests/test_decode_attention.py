@@ -178,7 +178,7 @@ for dtype, arch, block_g, block_d in (("*bf16", 90, 16, 64), ("*fp16", 80, 16, 1
     consts = {"SPLIT_N": 256, "BLOCK_N": 64, "BLOCK_G": block_g, "BLOCK_D": block_d}
     split = triton.compile(ASTSource(fn=_split_kernel, signature=sig, constexprs=consts),
                            target=GPUTarget("cuda", arch, 32), options={"num_warps": 4})
-    sig = {"part_out_ptr": "*fp32", "part_stats_ptr": "*fp32", "out_ptr": "*fp32", "G": "i32", "D": "i32",
+    sig = {"part_out_ptr": "*fp32", "part_stats_ptr": "*fp32", "out_ptr": dtype, "G": "i32", "D": "i32",
            "splits": "i32", "BLOCK_G": "constexpr", "BLOCK_D": "constexpr"}
     combine = triton.compile(ASTSource(fn=_combine_kernel, signature=sig,
                                        constexprs={"BLOCK_G": block_g, "BLOCK_D": block_d}),
