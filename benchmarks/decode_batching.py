@@ -41,18 +41,20 @@ def _prompts(pipeline: Any, batch: int, length: int, seed: int = 0) -> list[torc
     return [embed(torch.randint(0, 128000, (length,), generator=generator).to(pipeline.device)) for _ in range(batch)]
 
 
-#: decode-step variants: name → (CUDA graphs, attention)
-VARIANTS: dict[str, tuple[bool, str]] = {
-    "eager": (False, "sdpa"),
-    "cuda_graphs": (True, "sdpa"),
-    "cuda_graphs+matmul": (True, "matmul"),
-    "cuda_graphs+triton": (True, "triton"),
+#: decode-step variants: name → (CUDA graphs, attention, fused element-wise kernels)
+VARIANTS: dict[str, tuple[bool, str, bool]] = {
+    "eager": (False, "sdpa", False),
+    "cuda_graphs": (True, "sdpa", False),
+    "cuda_graphs+matmul": (True, "matmul", False),
+    "cuda_graphs+triton": (True, "triton", False),
+    "cuda_graphs+matmul+fused": (True, "matmul", True),
+    "cuda_graphs+triton+fused": (True, "triton", True),
 }
 
 
 def run_decoder(pipeline: Any, batch: int, prompts: list[torch.Tensor], new_tokens: int, variant: str) -> dict:
     device = pipeline.device
-    graphs, attention = VARIANTS[variant]
+    graphs, attention, fused = VARIANTS[variant]
     max_len = prompts[0].shape[0] + new_tokens + 2
     start = time.perf_counter()
     decoder = BatchDecoder(
@@ -61,6 +63,7 @@ def run_decoder(pipeline: Any, batch: int, prompts: list[torch.Tensor], new_toke
         max_len=max_len,
         cuda_graphs=graphs,
         attention=attention,  # type: ignore[arg-type]
+        fused_ops=fused,
     )
     _sync(device)
     setup_s = time.perf_counter() - start

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # One prepared GPU check, sized for a 15-minute GPU lease (the machine's start-up counts too, so the steps below
-# are capped at about 10 minutes in all by `timeout`, QUICK=1 about 6; a step that fails or times out is reported
-# and the next one still runs). Most important first. Run from the repository root on a machine with CUDA:
+# are capped at about 11 minutes in all by `timeout`, QUICK=1 at about 8; a step that fails or times out is
+# reported and the next one still runs). Most important first. Run from the repository root on a machine with CUDA:
 #
 #     bash benchmarks/gpu_check.sh            # PYTHON=.venv/bin/python bash benchmarks/gpu_check.sh
 #
 # It writes into benchmarks/results/ (and, when $OUT is set, copies each result there, with all logs in one
 # $OUT/gpu_check.log), every file named DATE-WHAT-DEVICE.*, every JSON holding the device name:
 #   1. DATE-decode_batching-DEVICE.json   decode-step variants (eager; CUDA graphs with SDPA, matmul or Triton
-#                                         split-KV attention),
+#                                         split-KV attention, with or without the fused element-wise kernels),
 #                                         GAR-1B size preset in bf16; the fastest graph variant at batch 1 is the
 #                                         one the engine runs in the next steps
 #   2. DATE-profile_request-DEVICE.json   where a 17-tile first question's time goes (the vision tower eager and
@@ -65,19 +65,22 @@ step() {  # step NAME SECONDS OUTFILE COMMAND...: run with a time limit, stdout 
 #    the serving steps run (their JSON names it). The JSON is rewritten after every row (kept if the step times out).
 DECODE="$RESULTS/$DATE-decode_batching-$DEVICE.json"
 if [ "$QUICK" = 1 ]; then DECODE_ARGS=(--batch 1 16 --new-tokens 64 --skip-generate); else DECODE_ARGS=(--batch 1 8 32); fi
-step decode_batching 90 "$DECODE.stdout" "$PYTHON" benchmarks/decode_batching.py --preset gar-1b "${DECODE_ARGS[@]}" \
-    --variants eager cuda_graphs cuda_graphs+matmul cuda_graphs+triton --out "$DECODE"
+step decode_batching 130 "$DECODE.stdout" "$PYTHON" benchmarks/decode_batching.py --preset gar-1b "${DECODE_ARGS[@]}" \
+    --variants eager cuda_graphs cuda_graphs+matmul cuda_graphs+triton cuda_graphs+matmul+fused \
+    cuda_graphs+triton+fused --out "$DECODE"
 if [ -n "${OUT:-}" ] && [ -f "$DECODE" ]; then cp "$DECODE" "$OUT"/; fi
 rm -f "$DECODE.stdout" "$OUT/$(basename "$DECODE").stdout" 2>/dev/null
 BEST="$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1])).get("fastest_graph_variant_at_smallest_batch") or "")' "$DECODE" 2>/dev/null)"
 ATTENTION=sdpa
 case "$BEST" in *matmul*) ATTENTION=matmul ;; *triton*) ATTENTION=triton ;; esac
-echo "   fastest decode variant at batch 1: ${BEST:-none}: the serving steps run --decode-attention $ATTENTION"
+FUSED_FLAG=""
+case "$BEST" in *fused*) FUSED_FLAG=--fused-ops ;; esac
+echo "   fastest decode variant at batch 1: ${BEST:-none}: the serving steps run --decode-attention $ATTENTION $FUSED_FLAG"
 
 # 2. Where a request's time goes; the vision tower eager vs replayed from CUDA graphs (checked equal): the serving
 #    steps replay it when that was equal and faster.
 PROFILE="$RESULTS/$DATE-profile_request-$DEVICE.json"
-step profile_request 60 "$PROFILE" "$PYTHON" benchmarks/profile_request.py
+step profile_request 80 "$PROFILE" "$PYTHON" benchmarks/profile_request.py
 VISION_FLAG="$("$PYTHON" -c '
 import json, sys
 q = json.load(open(sys.argv[1]))["first_question"]
@@ -92,11 +95,12 @@ step serving 180 "$RESULTS/$DATE-serving-$DEVICE.json" \
     "$PYTHON" benchmarks/serving.py --only engine_throughput --only time_to_first_token \
     --only engine_throughput_one_image \
     --only known_image_encode --only batch1_agreement --old-requests "$([ "$QUICK" = 1 ] && echo 2 || echo 4)" \
-    --iters 3 --decode-attention "$ATTENTION" $VISION_FLAG --out "$PARTIAL"
+    --iters 3 --decode-attention "$ATTENTION" $FUSED_FLAG $VISION_FLAG --out "$PARTIAL"
 case "${STATUS[serving]}" in "rc=0 "*) rm -f "$PARTIAL" ;; *) if [ -n "${OUT:-}" ] && [ -f "$PARTIAL" ]; then cp "$PARTIAL" "$OUT"/; fi ;; esac
 if [ "$QUICK" = 1 ]; then  # the GPU tests of the decoder and the tile cache only
     step gpu_tests 70 "$RESULTS/$DATE-gpu_tests-$DEVICE.txt" \
-        "$PYTHON" -m pytest -q -m gpu tests/test_decoder.py tests/test_decode_attention.py tests/test_tile_cache.py \
+        "$PYTHON" -m pytest -q -m gpu tests/test_decoder.py tests/test_decode_attention.py tests/test_decode_ops.py \
+        tests/test_tile_cache.py \
         -p no:cacheprovider -rA
 else
     step gpu_tests 130 "$RESULTS/$DATE-gpu_tests-$DEVICE.txt" \
@@ -105,7 +109,7 @@ fi
 if [ "$QUICK" != 1 ]; then
     step describe_regions 80 "$RESULTS/$DATE-describe_regions-$DEVICE.json" \
         "$PYTHON" benchmarks/serving.py --only describe_regions --max-new-tokens 32 --iters 2 \
-        --decode-attention "$ATTENTION" $VISION_FLAG
+        --decode-attention "$ATTENTION" $FUSED_FLAG $VISION_FLAG
     step prefill_chunking 40 "$RESULTS/$DATE-prefill_chunking-$DEVICE.json" \
         "$PYTHON" benchmarks/serving.py --only prefill_chunking --iters 3
     step roi_replay 40 "$RESULTS/$DATE-roi_replay-$DEVICE.json" "$PYTHON" benchmarks/roi_replay.py

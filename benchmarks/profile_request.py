@@ -133,32 +133,41 @@ def _vision_profile(pipeline: Any, prepared: Any, digest: str, top: int = 12) ->
 
 
 def decode_step(pipeline: Any, top: int) -> dict[str, Any]:
-    """Kernels of one eager decode step at batch 1 over a ~4.7k-token cache; on CUDA, the graph replay's time."""
+    """Kernels of one eager decode step at batch 1 over a ~4.7k-token cache, unfused and with the fused
+    element-wise kernels; on CUDA, the graph replay's time per attention variant, unfused and fused."""
     hidden = pipeline.model.mllm.config.text_config.hidden_size
     length = 4700 if torch.cuda.is_available() else 600
     embeds = torch.randn(length, hidden, generator=torch.Generator().manual_seed(0)).to(pipeline.device)
     out: dict[str, Any] = {"cache_tokens": length}
-    decoder = BatchDecoder(pipeline.model, slots=1, max_len=length + 64, cuda_graphs=False)
-    decoder.activate(0, int(decoder.prefill(0, embeds.to(pipeline.dtype)).argmax()), length)
-    for _ in range(3):
-        decoder.step(1).tolist()
     activities = [torch.profiler.ProfilerActivity.CPU]
     if torch.cuda.is_available():
         activities.append(torch.profiler.ProfilerActivity.CUDA)
-    with torch.profiler.profile(activities=activities) as prof:
-        decoder.step(1).tolist()
-    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    out["eager_kernels_per_step"] = len(kernels) if torch.cuda.is_available() else None
-    out["eager_kernel_time_us"] = round(sum(e.device_time for e in kernels), 1) if kernels else None
-    out["eager_top"] = _kernel_table(prof, top)
+    for fused in (False, True):
+        decoder = BatchDecoder(pipeline.model, slots=1, max_len=length + 64, cuda_graphs=False, fused_ops=fused)
+        decoder.activate(0, int(decoder.prefill(0, embeds.to(pipeline.dtype)).argmax()), length)
+        for _ in range(3):
+            decoder.step(1).tolist()
+        with torch.profiler.profile(activities=activities) as prof:
+            decoder.step(1).tolist()
+        kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        name = "eager_fused" if fused else "eager"
+        out[f"{name}_kernels_per_step"] = len(kernels) if torch.cuda.is_available() else None
+        out[f"{name}_kernel_time_us"] = round(sum(e.device_time for e in kernels), 1) if kernels else None
+        out[f"{name}_top"] = _kernel_table(prof, top)
     if torch.cuda.is_available():
-        for attention in ("sdpa", "matmul", "triton"):
-            graphs = BatchDecoder(pipeline.model, slots=1, max_len=length + 64, attention=attention)
+        for attention, fused in (
+            ("sdpa", False),
+            ("matmul", False),
+            ("triton", False),
+            ("matmul", True),
+            ("triton", True),
+        ):
+            graphs = BatchDecoder(pipeline.model, slots=1, max_len=length + 64, attention=attention, fused_ops=fused)
             graphs.activate(0, 0, length)
             for _ in range(3):
                 graphs.step(1).tolist()
             _, ms = _timed(lambda graphs=graphs: [graphs.step(1) for _ in range(50)][-1].tolist())
-            out[f"graph_step_ms_{attention}"] = round(ms / 50, 3)
+            out[f"graph_step_ms_{attention}{'_fused' if fused else ''}"] = round(ms / 50, 3)
     return out
 
 

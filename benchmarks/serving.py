@@ -164,8 +164,12 @@ def _model_info(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _decode_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The engine's speed options (``--decode-attention``, ``--vision-graphs``)."""
-    return {"decode_attention": args.decode_attention, "vision_cuda_graphs": args.vision_graphs}
+    """The engine's speed options (``--decode-attention``, ``--fused-ops``, ``--vision-graphs``)."""
+    return {
+        "decode_attention": args.decode_attention,
+        "decode_fused_ops": args.fused_ops,
+        "vision_cuda_graphs": args.vision_graphs,
+    }
 
 
 def _image_file(side: int, seed: int) -> str:
@@ -722,6 +726,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--decode-attention", default="auto", choices=["auto", "sdpa", "matmul", "triton"], help="the engine's"
     )
+    parser.add_argument("--fused-ops", action="store_true", help="the engine's decode step uses fused kernels (CUDA)")
     parser.add_argument("--vision-graphs", action="store_true", help="the engine replays the vision tower (CUDA)")
     parser.add_argument("--out", default=None, help="also write the JSON to this file (after each comparison)")
     args = parser.parse_args(argv)

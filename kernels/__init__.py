@@ -1,7 +1,9 @@
 """GPU kernels of gar_tools (shipped as ``gar_tools.kernels``), each with a pure-torch reference: RoI feature replay,
-and the split-KV attention of a decode step."""
+the split-KV attention of a decode step, and its fused element-wise work (residual add + RMSNorm, rotary + KV-cache
+write, SiLU · up)."""
 
 from .decode_attention import decode_attention, decode_attention_backend, decode_attention_reference
+from .rms_norm import rms_norm, rms_norm_backend, rms_norm_reference
 from .roi_replay import (
     BINS,
     GEOMETRIES,
@@ -15,6 +17,8 @@ from .roi_replay import (
     spatial_scale,
     triton_available,
 )
+from .rotary_kv import rotary_kv, rotary_kv_backend, rotary_kv_reference
+from .silu_mul import silu_mul, silu_mul_backend, silu_mul_reference
 
 __all__ = [
     "BINS",
@@ -25,10 +29,19 @@ __all__ = [
     "decode_attention",
     "decode_attention_backend",
     "decode_attention_reference",
+    "rms_norm",
+    "rms_norm_backend",
+    "rms_norm_reference",
     "roi_replay",
     "roi_replay_backend",
     "roi_replay_features",
     "roi_replay_reference",
+    "rotary_kv",
+    "rotary_kv_backend",
+    "rotary_kv_reference",
+    "silu_mul",
+    "silu_mul_backend",
+    "silu_mul_reference",
     "spatial_scale",
     "triton_available",
 ]

@@ -80,6 +80,15 @@ def test_gpu_check_script_names_existing_scripts_and_flags() -> None:
             assert proc.returncode == 0, proc.stderr[-2000:]
             missing = [flag for flag in flags if flag not in proc.stdout]
             assert not missing, f"{name} does not take {missing}"
+    variants = re.search(r"--variants((?:\\\n|[^\n])*?)--out", text)
+    assert variants is not None
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from decode_batching import VARIANTS
+    finally:
+        sys.path.pop(0)
+    named = variants.group(1).replace("\\", " ").split()
+    assert "cuda_graphs+triton+fused" in named and set(named) <= set(VARIANTS)
 
 
 def test_profile_request_reports_every_phase() -> None:
@@ -97,5 +106,5 @@ def test_profile_request_reports_every_phase() -> None:
         "prefill_whole_prompt",
     ]
     assert all(ms > 0 for ms in phases.values())
-    assert len(report["decode_step"]["eager_top"]) == 3
+    assert len(report["decode_step"]["eager_top"]) == len(report["decode_step"]["eager_fused_top"]) == 3
     assert report["first_question"]["vision_tower_profile"]["top_by_host_time"]

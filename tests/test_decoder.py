@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -28,12 +29,13 @@ def test_static_cache_shapes_and_bytes() -> None:
     assert default_span_buckets(8193) == [1024, 2048, 4096, 8193] and default_span_buckets(600) == [600]
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "matmul"])
-def test_staggered_batch_equals_generate_alone(tiny_pipeline, mixed_requests, attention) -> None:
-    """Six sequences join one at a time while the others decode (one chunked prefill), each at its own length."""
+@pytest.mark.parametrize("attention,fused_ops", [("sdpa", False), ("matmul", False), ("sdpa", True)])
+def test_staggered_batch_equals_generate_alone(tiny_pipeline, mixed_requests, attention, fused_ops) -> None:
+    """Six sequences join one at a time while the others decode (one chunked prefill), each at its own length.
+    (``fused_ops``: the fused element-wise kernels, interpreted on CPU in the test run.)"""
     chosen = [mixed_requests[i] for i in (0, 3, 5, 8, 11, 14)]
     longest = max(r.prepared.input_ids.shape[1] + r.max_new_tokens for r in chosen)
-    decoder = BatchDecoder(tiny_pipeline.model, slots=6, max_len=longest + 1, attention=attention)
+    decoder = BatchDecoder(tiny_pipeline.model, slots=6, max_len=longest + 1, attention=attention, fused_ops=fused_ops)
     outputs: list[list[int]] = [[] for _ in chosen]
     running: set[int] = set()
     for slot, request in enumerate(chosen):
@@ -89,6 +91,33 @@ def test_triton_attention_decodes_like_generate(tiny_pipeline, mixed_requests) -
         assert out == request.expected[: steps + 1]
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "matmul", "triton"])
+def test_fused_step_with_references_is_the_unfused_step_bit_for_bit(
+    tiny_pipeline, mixed_requests, attention, monkeypatch
+) -> None:
+    """The fused layer (residual add inside the next norm, rotary + KV write, SiLU · up) on the kernels' pure-torch
+    references computes exactly what the unfused layer computes: same next ids, same K/V
+    written, bit for bit — so only the kernels' own roundings can differ (tests/test_decode_ops.py)."""
+    used: set[str] = set()
+    for module in ("rms_norm", "rotary_kv", "silu_mul", "decode_attention"):
+        kernel = importlib.import_module(f"gar_tools.kernels.{module}")
+        monkeypatch.setattr(kernel, f"{module}_backend", lambda _, name=module: used.add(name) or "torch")
+    chosen = [mixed_requests[i] for i in (1, 4, 6)]
+    longest = max(r.prepared.input_ids.shape[1] + r.max_new_tokens for r in chosen)
+    caches, ids = [], []
+    for fused in (False, True):
+        decoder = BatchDecoder(tiny_pipeline.model, slots=4, max_len=longest + 1, attention=attention, fused_ops=fused)
+        for slot, request in enumerate(chosen):
+            embeds = request.build_embeds()[0]
+            decoder.activate(slot, int(decoder.prefill(slot, embeds).argmax()), embeds.shape[0])
+        ids.append([decoder.step(3).tolist() for _ in range(4)])
+        caches.append(decoder.cache)
+    assert {"rms_norm", "rotary_kv", "silu_mul"} <= used  # the fused step ran the fused ops
+    assert ids[0] == ids[1]
+    for unfused, fused in zip(caches[0].keys + caches[0].values, caches[1].keys + caches[1].values, strict=True):
+        assert torch.equal(unfused, fused)
+
+
 def test_decoder_options_are_checked(tiny_pipeline) -> None:
     with pytest.raises(ValueError, match="attention must be 'sdpa', 'matmul' or 'triton'"):
         BatchDecoder(tiny_pipeline.model, slots=1, max_len=8, attention="flash")  # type: ignore[arg-type]
@@ -103,8 +132,10 @@ def test_prefill_rejects_what_does_not_fit(tiny_pipeline) -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("attention", ["sdpa", "matmul", "triton"])
-def test_cuda_graph_decode_equals_eager(tiny_pipeline, mixed_requests, attention) -> None:
+@pytest.mark.parametrize(
+    "attention,fused_ops", [("sdpa", False), ("matmul", False), ("triton", False), ("triton", True), ("matmul", True)]
+)
+def test_cuda_graph_decode_equals_eager(tiny_pipeline, mixed_requests, attention, fused_ops) -> None:
     """On CUDA: the captured decode step gives the ids of the same step run eagerly (fp32, tiny model), and the
     first step's ids are those of generate alone."""
     model = tiny_pipeline.model.to("cuda")
@@ -113,7 +144,9 @@ def test_cuda_graph_decode_equals_eager(tiny_pipeline, mixed_requests, attention
         longest = max(r.prepared.input_ids.shape[1] + r.max_new_tokens for r in chosen) + 8
         results = []
         for graphs in (False, True):
-            decoder = BatchDecoder(model, slots=4, max_len=longest, cuda_graphs=graphs, attention=attention)
+            decoder = BatchDecoder(
+                model, slots=4, max_len=longest, cuda_graphs=graphs, attention=attention, fused_ops=fused_ops
+            )
             steps = []
             for slot, request in enumerate(chosen):
                 embeds = request.build_embeds()[0]

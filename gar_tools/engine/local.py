@@ -146,6 +146,7 @@ class _Runtime:
             slots=slots,
             max_len=max_len,
             attention="sdpa" if attention == "auto" else attention,
+            fused_ops=settings["decode_fused_ops"],
         )
         self.batcher = ContinuousBatcher(
             self.decoder,
@@ -188,6 +189,9 @@ class LocalEngine(Engine):
             in 2048-token chunks).
         decode_attention: the decode step's attention over the cache, ``"sdpa"`` or ``"matmul"`` (see
             :class:`~gar_tools.model.decoder.BatchDecoder`, with what each measured); ``"auto"``: ``"sdpa"``.
+        decode_fused_ops: run each decode layer's element-wise work (residual add + RMSNorm, rotary + KV write,
+            SiLU · up) in fused Triton kernels on CUDA (see :class:`~gar_tools.model.decoder.BatchDecoder`); off by
+            default until measured on a GPU (on CPU their references run: the same results, no faster).
         vision_cuda_graphs: on CUDA, replay the vision tower's fixed-size tile chunks from a CUDA graph (see
             :class:`~gar_tools.model.tile_cache.TileFeatureCache`); off by default until measured on a GPU.
         tile_cache_bytes: bound of the per-image tile-feature cache; default 256 MiB on CPU, 2 GiB on CUDA.
@@ -211,6 +215,7 @@ class LocalEngine(Engine):
         max_seq_len: int | None = None,
         prefill_chunk_tokens: int | Literal["auto"] | None = "auto",
         decode_attention: DecodeAttention | Literal["auto"] = "auto",
+        decode_fused_ops: bool = False,
         vision_cuda_graphs: bool = False,
         tile_cache_bytes: int | None = None,
         segmenter: str | Segmenter | None = None,
@@ -226,6 +231,7 @@ class LocalEngine(Engine):
             "max_seq_len": max_seq_len,
             "prefill_chunk_tokens": prefill_chunk_tokens,
             "decode_attention": decode_attention,
+            "decode_fused_ops": decode_fused_ops,
             "vision_cuda_graphs": vision_cuda_graphs,
             "tile_cache_bytes": tile_cache_bytes,
             "max_new_tokens_limit": MAX_NEW_TOKENS_LIMIT,

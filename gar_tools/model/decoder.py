@@ -29,6 +29,9 @@ from torch import nn
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from gar_tools.kernels.decode_attention import decode_attention
+from gar_tools.kernels.rms_norm import rms_norm
+from gar_tools.kernels.rotary_kv import rotary_kv
+from gar_tools.kernels.silu_mul import silu_mul
 from gar_tools.model.kv_cache import StaticKVCache
 from gar_tools.model.modeling import GarModel
 
@@ -37,6 +40,7 @@ __all__ = [
     "DecodeAttention",
     "PendingTokens",
     "decode_layer",
+    "fused_decode_layer",
     "default_buckets",
     "default_span_buckets",
 ]
@@ -101,18 +105,73 @@ def decode_layer(
     keys[rows, :, positions] = k[:, :, 0]  # each row writes its own column
     values[rows, :, positions] = v[:, :, 0]
     q = q.reshape(b, num_kv_heads, groups, head_dim)  # [B, KV, G, D]
-    if attention == "triton":  # split-KV kernel over the whole cache (gar_tools.kernels.decode_attention)
-        out = decode_attention(q, keys, values, seen, scale=attn.scaling, span=span)
-    else:
-        k_span, v_span = keys[:b, :, :span], values[:b, :, :span]  # [B, KV, span, D]
-        if attention == "matmul":
-            scores = torch.matmul(q, k_span.transpose(-1, -2)).float() * attn.scaling  # [B, KV, G, span]
-            scores = scores.masked_fill(~seen, float("-inf"))
-            out = torch.matmul(scores.softmax(dim=-1).to(v_span.dtype), v_span)  # [B, KV, G, D]
-        else:
-            out = F.scaled_dot_product_attention(q, k_span, v_span, attn_mask=seen, scale=attn.scaling)
+    out = _attend(q, keys, values, seen, span, attn.scaling, attention)  # [B, KV, G, D]
     x = x + attn.o_proj(out.reshape(b, 1, num_kv_heads * groups * head_dim))
     return x + layer.mlp(layer.post_attention_layernorm(x))
+
+
+def _attend(
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    seen: torch.Tensor,
+    span: int,
+    scale: float,
+    attention: DecodeAttention,
+) -> torch.Tensor:
+    """Queries [B, KV, G, D] against the first ``span`` cache columns, as ``seen`` says (see :func:`decode_layer`)."""
+    if attention == "triton":  # split-KV kernel over the whole cache (gar_tools.kernels.decode_attention)
+        return decode_attention(q, keys, values, seen, scale=scale, span=span)
+    b = q.shape[0]
+    k_span, v_span = keys[:b, :, :span], values[:b, :, :span]  # [B, KV, span, D]
+    if attention == "matmul":
+        scores = torch.matmul(q, k_span.transpose(-1, -2)).float() * scale  # [B, KV, G, span]
+        scores = scores.masked_fill(~seen, float("-inf"))
+        return torch.matmul(scores.softmax(dim=-1).to(v_span.dtype), v_span)  # [B, KV, G, D]
+    return F.scaled_dot_product_attention(q, k_span, v_span, attn_mask=seen, scale=scale)
+
+
+def fused_decode_layer(
+    layer: nn.Module,
+    x: torch.Tensor,
+    pending: torch.Tensor | None,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    seen: torch.Tensor,
+    span: int,
+    positions: torch.Tensor,
+    num_kv_heads: int,
+    attention: DecodeAttention,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`decode_layer` with its element-wise work in fused kernels (:mod:`gar_tools.kernels`: residual add +
+    RMSNorm, rotary + KV write, SiLU · up): with ``"triton"`` attention 13 launches per layer (7 of them the
+    projections) instead of ~38, the same math.
+
+    ``x`` [B, hidden] is the residual stream *before* ``pending`` (the previous layer's MLP output, None for the
+    first layer) is added: that add happens inside this layer's first norm. Returns ``(x, mlp_out)`` the same way;
+    the caller adds the last ``mlp_out`` in the final norm. Row ``r`` writes slot ``r`` (rows are slots here).
+    """
+    attn, mlp = layer.self_attn, layer.mlp
+    b = x.shape[0]
+    head_dim = keys.shape[-1]
+    heads = attn.config.num_attention_heads
+    norm = layer.input_layernorm
+    if pending is None:
+        h, x = rms_norm(x, norm.weight, norm.variance_epsilon)  # [B, hidden] each
+    else:
+        h, x = rms_norm(pending, norm.weight, norm.variance_epsilon, residual=x)
+    q = attn.q_proj(h).view(b, heads, head_dim)  # [B, H, D]
+    k = attn.k_proj(h).view(b, num_kv_heads, head_dim)  # [B, KV, D]
+    v = attn.v_proj(h).view(b, num_kv_heads, head_dim)  # [B, KV, D]
+    q = rotary_kv(q, k, v, cos, sin, keys, values, positions)  # [B, H, D]; K/V written at each row's position
+    out = _attend(
+        q.view(b, num_kv_heads, heads // num_kv_heads, head_dim), keys, values, seen, span, attn.scaling, attention
+    )
+    norm = layer.post_attention_layernorm
+    h, x = rms_norm(attn.o_proj(out.reshape(b, heads * head_dim)), norm.weight, norm.variance_epsilon, residual=x)
+    return x, mlp.down_proj(silu_mul(mlp.gate_proj(h), mlp.up_proj(h)))  # [B, hidden] each
 
 
 class PendingTokens:
@@ -163,6 +222,13 @@ class BatchDecoder:
             (``benchmarks/results/2026-11-27-profile_request-nvidia-h200-run2.json``); larger batches unmeasured.
             ``"triton"``: the split-KV kernels of :mod:`gar_tools.kernels.decode_attention` (float32 math; on CPU
             the pure-torch reference unless Triton's interpreter is on) — not yet measured on a GPU.
+        fused_ops: run each layer's element-wise work in fused kernels (:func:`fused_decode_layer`: residual add +
+            RMSNorm, rotary + KV write, SiLU · up — on CUDA Triton kernels, on CPU their pure-torch references,
+            bit-identical to the unfused step). Eagerly a GAR-1B decode step is 746 kernels, most of them small
+            element-wise ones (same profile file); fused, with ``"triton"`` attention, a layer is 13 launches
+            instead of ~38 (operators and Triton launches of one step counted on CPU, tiny model: 42 vs 98 for
+            its 2 layers), ~225 per GAR-1B step. Not yet measured on a GPU (``benchmarks/profile_request.py``
+            counts the kernels there).
     """
 
     def __init__(
@@ -176,6 +242,7 @@ class BatchDecoder:
         span_buckets: Sequence[int] | None = None,
         readback_depth: int = 8,
         attention: DecodeAttention = "sdpa",
+        fused_ops: bool = False,
     ) -> None:
         self.model = model
         self.lm = model.mllm.model.language_model  # LlamaModel: embed_tokens, layers, norm, rotary_emb
@@ -211,6 +278,7 @@ class BatchDecoder:
         if attention not in ("sdpa", "matmul", "triton"):
             raise ValueError(f"attention must be 'sdpa', 'matmul' or 'triton', got {attention!r}")
         self.attention: DecodeAttention = attention
+        self.fused_ops = bool(fused_ops)
         self.use_cuda_graphs = (self.device.type == "cuda") if cuda_graphs is None else bool(cuda_graphs)
         if self.use_cuda_graphs and self.device.type != "cuda":
             raise ValueError("CUDA graphs need the model on a CUDA device")
@@ -310,12 +378,23 @@ class BatchDecoder:
             seen = torch.clamp(positions + 1, max=span)  # [B] columns
         else:
             seen = (self._columns[None, :span] <= positions[:, None])[:, None, None, :]  # [B, 1, 1, span]
-        for i, layer in enumerate(self.lm.layers):
-            x = decode_layer(
-                layer, x, self.cache.keys[i], self.cache.values[i], cos, sin, seen, span, self._rows[:b], positions,
-                self.num_kv_heads, self.attention,
-            )  # fmt: skip
-        logits = self.lm_head(self.lm.norm(x[:, 0]))  # [B, vocab]
+        keys, values = self.cache.keys, self.cache.values
+        if self.fused_ops:
+            x, pending = x[:, 0], None  # [B, hidden]; pending: the last MLP output, added in the next norm
+            for i, layer in enumerate(self.lm.layers):
+                x, pending = fused_decode_layer(
+                    layer, x, pending, keys[i], values[i], cos[:, 0], sin[:, 0], seen, span, positions,
+                    self.num_kv_heads, self.attention,
+                )  # fmt: skip
+            h, _ = rms_norm(pending, self.lm.norm.weight, self.lm.norm.variance_epsilon, residual=x)  # [B, hidden]
+        else:
+            for i, layer in enumerate(self.lm.layers):
+                x = decode_layer(
+                    layer, x, keys[i], values[i], cos, sin, seen, span, self._rows[:b], positions,
+                    self.num_kv_heads, self.attention,
+                )  # fmt: skip
+            h = self.lm.norm(x[:, 0])  # [B, hidden]
+        logits = self.lm_head(h)  # [B, vocab]
         # greedy: the first index on ties, as torch.argmax in generate (documented for torch.max too), which on CPU
         # takes a third of argmax's time over a 128k vocabulary
         self.tokens[:b] = logits.max(dim=-1).indices

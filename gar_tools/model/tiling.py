@@ -84,4 +84,7 @@ def image_to_uint8_tensor(array: np.ndarray) -> torch.Tensor:
         raise ValueError(f"expected a uint8 array, got {array.dtype}")
     if array.ndim == 2:
         array = array[:, :, None]
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+    chw = np.ascontiguousarray(array.transpose(2, 0, 1))
+    if not chw.flags.writeable:  # one channel is already contiguous: still the caller's (read-only) array
+        chw = chw.copy()
+    return torch.from_numpy(chw)
