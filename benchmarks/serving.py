@@ -12,8 +12,8 @@
   ``describe_regions`` call vs 16 ``describe_region`` calls one after another, same engine, same ``max_new_tokens``
   (each call's text is checked equal to the matching region's). Target: ≥ 4× faster. On CUDA, without ``--model``,
   it runs a random-weight checkpoint of the ``gar-1b`` size preset (GAR-1B's real dimensions) in bf16.
-  Measured on CPU (tiny, fp32, idle 2 cores, ``benchmarks/results/2026-11-27-describe_regions-cpu-tiny.json``):
-  1.24× at 8 new tokens, 2.31× at 128 — each region still needs its own vision pass (thumbnail and touched tiles
+  Measured on CPU (tiny, fp32, idle 2 cores, ``benchmarks/results/2026-11-27-describe_regions-cpu-tiny-run2.json``):
+  1.19× at 8 new tokens, 1.84× at 128 — each region still needs its own vision pass (thumbnail and touched tiles
   with its mask) and its own whole prefill (the thumbnail leads the prompt, so no prefix is shared); only decoding
   is batched, so the 4× target is not met on CPU.
 
