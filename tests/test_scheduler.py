@@ -142,6 +142,10 @@ def test_full_queue_raises_busy_and_bad_requests_fail_alone(tiny_pipeline) -> No
     assert info.value.retry_after_s == 3.0 and "max_queue=2" in str(info.value)
     with pytest.raises(InputError):
         batcher.submit(_fake_embeds(8, hidden, 2), max_new_tokens=0)
+    queued[1].cancel()  # a cancelled request makes room at once (the model thread is not even running)
+    queued[1] = batcher.submit(_fake_embeds(8, hidden, 5), max_new_tokens=2)
+    with pytest.raises(EngineBusyError):
+        batcher.submit(_fake_embeds(8, hidden, 2), max_new_tokens=2)
     with batcher:
         assert [len(h.result(timeout=60).token_ids) for h in queued] == [2, 2]
         too_long = batcher.submit(_fake_embeds(60, hidden, 3), max_new_tokens=10)  # 70 > 63 tokens per slot

@@ -230,6 +230,9 @@ class ContinuousBatcher:
         with self._lock:
             if self._closed:
                 raise EngineError("the model scheduler is closed")
+            if len(self._queue) >= self.max_queue:  # cancelled requests leave now, not at the model thread's turn
+                for cancelled in [r for r in self._queue if r.future.cancelled()]:
+                    self._queue.remove(cancelled)
             if len(self._queue) >= self.max_queue:
                 raise EngineBusyError(
                     f"the model is busy: {len(self._queue)} requests are already waiting (max_queue="
