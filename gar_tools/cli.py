@@ -245,6 +245,13 @@ def _add_serving_options(parser: argparse.ArgumentParser) -> None:
         metavar="MB",
         help="bound of the per-image tile-feature cache (default 256 on CPU, 2048 on CUDA)",
     )
+    group.add_argument(
+        "--image-cache-mb",
+        type=float,
+        default=None,
+        metavar="MB",
+        help="bound of the decoded images kept for the next request sending the same image (default 128; 0: off)",
+    )
 
 
 def _engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -265,6 +272,10 @@ def _engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         if args.tile_cache_mb < 0:
             raise InputError(f"must be 0 or more, got {args.tile_cache_mb}", field="--tile-cache-mb")
         kwargs["tile_cache_bytes"] = int(args.tile_cache_mb * 2**20)
+    if getattr(args, "image_cache_mb", None) is not None:
+        if args.image_cache_mb < 0:
+            raise InputError(f"must be 0 or more, got {args.image_cache_mb}", field="--image-cache-mb")
+        kwargs["image_cache_bytes"] = int(args.image_cache_mb * 2**20)
     return kwargs
 
 

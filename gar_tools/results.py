@@ -210,6 +210,8 @@ class ModelInfo(BaseModel):
     )
     kv_cache_bytes: int | None = Field(default=None, description="Memory of the preallocated KV cache.")
     tile_cache_max_bytes: int | None = Field(default=None, description="Bound of the per-image tile-feature cache.")
+    image_cache_bytes: int | None = Field(default=None, description="Memory the decoded-image cache holds now.")
+    image_cache_max_bytes: int | None = Field(default=None, description="Bound of the decoded-image cache.")
     tile_cache_bytes: int | None = Field(default=None, description="Memory the tile-feature cache holds now.")
     queued: int | None = Field(default=None, description="Requests waiting now.")
     running: int | None = Field(default=None, description="Requests generating now.")

@@ -106,6 +106,16 @@ def test_server_options_are_checked(capsys: pytest.CaptureFixture[str], tmp_path
     assert "needs --allow-urls" in capsys.readouterr().err
     assert main(["worker", "--max-body-mb", "0"]) == 2
     assert "--max-body-mb" in capsys.readouterr().err
+    assert main(["worker", "--image-cache-mb", "-1"]) == 2
+    assert "--image-cache-mb" in capsys.readouterr().err
+
+
+def test_cache_sizes_reach_the_engine() -> None:
+    from gar_tools.cli import _engine_kwargs, build_parser
+
+    args = build_parser().parse_args(["worker", "--tile-cache-mb", "64", "--image-cache-mb", "0.5"])
+    kwargs = _engine_kwargs(args)
+    assert kwargs["tile_cache_bytes"] == 64 * 2**20 and kwargs["image_cache_bytes"] == 2**19
 
 
 def test_python_dash_m_gar_tools_runs_the_cli() -> None:

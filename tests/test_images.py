@@ -733,3 +733,47 @@ def test_a_path_is_never_read_as_base64() -> None:
         with pytest.raises(ImageError) as info:
             load_image(path, ImagePolicy())
         assert "not an existing file" in info.value.reason, info.value.reason
+
+
+# --- the engine's decoded-image cache ---------------------------------------------------------------------------------
+
+
+def test_read_image_decodes_each_distinct_image_once(tmp_path: Path, monkeypatch) -> None:
+    """The local engine reuses a decoded image for the very same encoded bytes — sent as a path or as base64 — and
+    only for them: a file overwritten in place is decoded again; the policy is checked on every call; failures are
+    not kept."""
+    from gar_tools.engine import local
+    from gar_tools.segment.cache import ImageValueCache
+
+    decoded: list[int] = []
+    real_load = local.load_image
+
+    def counting_load(source, policy=None, *, field="image"):
+        decoded.append(1)
+        return real_load(source, policy, field=field)
+
+    monkeypatch.setattr(local, "load_image", counting_load)
+    cache, policy = ImageValueCache(10 * 2**20), ImagePolicy()
+    rng = np.random.default_rng(0)
+    first = Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8))
+    path = tmp_path / "photo.png"
+    path.write_bytes(_png_bytes(first))
+    a = local.read_image(str(path), policy, cache)
+    b = local.read_image(base64.b64encode(path.read_bytes()).decode(), policy, cache)
+    assert a is b and len(decoded) == 1 and np.array_equal(np.asarray(a), np.asarray(first))
+    assert cache.nbytes == 40 * 60 * 3
+
+    second = Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8))
+    path.write_bytes(_png_bytes(second))  # same path, new bytes
+    assert np.array_equal(np.asarray(local.read_image(str(path), policy, cache)), np.asarray(second))
+    assert len(decoded) == 2
+
+    elsewhere = ImagePolicy(allowed_dirs=[tmp_path / "only-here"])
+    with pytest.raises(ImageError, match="outside"):
+        local.read_image(str(path), elsewhere, cache)  # cached bytes or not, the path is refused
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(_png_bytes(first)[:-30])
+    for _ in range(2):
+        with pytest.raises(ImageError, match="corrupt or truncated"):
+            local.read_image(str(broken), policy, cache)
+    assert len(decoded) == 4  # the broken file was decoded (and refused) both times

@@ -93,6 +93,7 @@ async def test_concurrent_requests_answer_as_alone(tiny_pipeline) -> None:
     assert [(r.text, r.timings.tokens_generated) for r in results] == expected
     assert info.max_batch_size == 4 and info.kv_budget_tokens and info.kv_cache_bytes
     assert info.tile_cache_max_bytes and info.tile_cache_bytes  # untouched tiles were cached
+    assert 0 < info.image_cache_bytes <= info.image_cache_max_bytes  # so were the decoded images
     assert info.running == 0 and info.queued == 0
 
 
@@ -191,6 +192,7 @@ def test_worker_answers_503_with_retry_after_when_busy(tiny_pipeline) -> None:
     assert busy.status_code == 503 and int(busy.headers["retry-after"]) >= 1
     assert busy.json()["error"]["type"] == "EngineBusyError" and "busy" in busy.json()["error"]["message"]
     assert model["max_batch_size"] == 1 and model["max_queue"] == 1 and model["kv_budget_tokens"] > 0
+    assert model["image_cache_max_bytes"] > 0 and model["tile_cache_max_bytes"] > 0
 
 
 @pytest.mark.slow

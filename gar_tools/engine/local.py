@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -36,7 +37,7 @@ from gar_tools.engine.base import Engine, ItemCallback, Progress
 from gar_tools.engine.scheduler import ContinuousBatcher
 from gar_tools.engine.threads import run_in_fresh_thread, serial_torch_thread
 from gar_tools.errors import GarToolsError, InputError, RegionError
-from gar_tools.images import ImagePolicy, load_image
+from gar_tools.images import ImagePolicy, load_image, read_source_bytes
 from gar_tools.inputs import Region, ToolRequest, validation_error_to_input_error
 from gar_tools.model.decoder import BatchDecoder, DecodeAttention
 from gar_tools.model.detokenize import TextStream
@@ -54,7 +55,10 @@ from gar_tools.tools import ToolName, ToolSpec, get_tool
 if TYPE_CHECKING:
     from gar_tools.segment.segmenter import Segmenter
 
-__all__ = ["LocalEngine", "Job", "build_job"]
+__all__ = ["LocalEngine", "Job", "build_job", "read_image", "DEFAULT_IMAGE_CACHE_BYTES"]
+
+#: Default bound of the decoded-image cache: 128 MiB (13 RGB images of 1792², 55 of 896²).
+DEFAULT_IMAGE_CACHE_BYTES = 128 * 2**20
 
 T = TypeVar("T")
 
@@ -76,13 +80,35 @@ class Job:
     segment_ms: float = 0.0
 
 
-def build_job(tool: ToolName, request: ToolRequest, policy: ImagePolicy, *, segmenter: bool = False) -> Job:
+def read_image(source: str, policy: ImagePolicy, cache: ImageValueCache | None = None) -> Image.Image:
+    """:func:`~gar_tools.images.load_image` of ``source`` (the request's ``image`` field), decoded once per distinct
+    encoded image when a ``cache`` is given: the bytes are read and checked against ``policy`` on every call, and
+    a decoded image is reused only for the very same bytes (SHA-256), so the result is exactly what decoding gives.
+    An agent sends its image with every question; decoding a PNG is the slow part of reading it (131 ms for a
+    1792² PNG on the H200 machine, ``benchmarks/results/2026-11-27-profile_request-nvidia-h200-run2.json``).
+    The image returned may be shared with other requests: read it, never modify it."""
+    if cache is None:
+        return load_image(source, policy, field="image")
+    data = read_source_bytes(source, policy, field="image")
+    key = hashlib.sha256(data).hexdigest()
+    return cache.get_or_compute(key, lambda: load_image(data, policy, field="image"))
+
+
+def build_job(
+    tool: ToolName,
+    request: ToolRequest,
+    policy: ImagePolicy,
+    *,
+    segmenter: bool = False,
+    images: ImageValueCache | None = None,
+) -> Job:
     """Read the image and regions and build the question text; every user error is raised here, with its field
     (but an empty mask from the segmenter, found when it runs). ``segmenter``: whether points and segment boxes will
-    be segmented (else they are an error saying how to enable a segmenter)."""
+    be segmented (else they are an error saying how to enable a segmenter). ``images``: decoded images to reuse
+    (:func:`read_image`)."""
     start = time.perf_counter()
     spec = get_tool(tool)
-    image = load_image(request.image, policy, field="image")
+    image = read_image(request.image, policy, images)
     given = spec.regions(request)
     regions = decode_regions(
         given,
@@ -195,6 +221,8 @@ class LocalEngine(Engine):
         vision_cuda_graphs: on CUDA, replay the vision tower's fixed-size tile chunks from a CUDA graph (see
             :class:`~gar_tools.model.tile_cache.TileFeatureCache`); off by default until measured on a GPU.
         tile_cache_bytes: bound of the per-image tile-feature cache; default 256 MiB on CPU, 2 GiB on CUDA.
+        image_cache_bytes: bound of the decoded images kept for the next request that sends the same image
+            (:func:`read_image`; default :data:`DEFAULT_IMAGE_CACHE_BYTES`, 0 disables it).
         segmenter: a SAM-family checkpoint (hub id, folder, ``"tiny-sam"``) or a loaded
             :class:`~gar_tools.segment.segmenter.Segmenter`, to turn points and segment boxes into masks; loaded
             beside GAR, on its device and in its dtype. None: points and segment boxes are refused.
@@ -218,6 +246,7 @@ class LocalEngine(Engine):
         decode_fused_ops: bool = False,
         vision_cuda_graphs: bool = False,
         tile_cache_bytes: int | None = None,
+        image_cache_bytes: int = DEFAULT_IMAGE_CACHE_BYTES,
         segmenter: str | Segmenter | None = None,
     ) -> None:
         from gar_tools.inputs import MAX_NEW_TOKENS_LIMIT
@@ -237,6 +266,7 @@ class LocalEngine(Engine):
             "max_new_tokens_limit": MAX_NEW_TOKENS_LIMIT,
         }
         self.policy = policy or ImagePolicy()
+        self._images = ImageValueCache(image_cache_bytes)  # decoded request images, by their encoded bytes
         self._segmenter: Segmenter | None = None if segmenter is None or isinstance(segmenter, str) else segmenter
         self.segmenter_name: str | None = (
             segmenter if segmenter is None or isinstance(segmenter, str) else segmenter.name
@@ -318,6 +348,8 @@ class LocalEngine(Engine):
             kv_cache_bytes=batch["kv_cache_bytes"],
             tile_cache_max_bytes=tiles["max_bytes"],
             tile_cache_bytes=tiles["bytes"] + runtime.image_tiles.nbytes,
+            image_cache_bytes=self._images.nbytes,
+            image_cache_max_bytes=self._images.max_bytes,
             queued=batch["queued"],
             running=batch["running"],
             segmenter=self.segmenter_name,
@@ -339,7 +371,7 @@ class LocalEngine(Engine):
             raise validation_error_to_input_error(exc) from None
         if region.points is None and not region.segment:
             raise InputError("give points (with optional labels) or a box to segment", field="region")
-        image = await self._off_loop(load_image, image_source, self.policy, field="image")
+        image = await self._off_loop(read_image, image_source, self.policy, self._images)  # each click sends it
         prompt = segment_prompt(region, image.size, field="region", rid="preview")
         loop = asyncio.get_running_loop()
         result = await loop.run_in_executor(
@@ -386,7 +418,9 @@ class LocalEngine(Engine):
             return await self._run_fan_out(get_tool(tool), request, progress, on_item)
         loop = asyncio.get_running_loop()
         segmenting = self.segmenter_name is not None
-        job = await self._off_loop(functools.partial(build_job, segmenter=segmenting), tool, request, self.policy)
+        job = await self._off_loop(
+            functools.partial(build_job, segmenter=segmenting, images=self._images), tool, request, self.policy
+        )
         loaded_before = self._runtime is not None
         started = time.perf_counter()
         runtime = self._runtime or await loop.run_in_executor(self._loader, self._ready)
@@ -514,7 +548,7 @@ class LocalEngine(Engine):
         regions finish. Cancelling cancels every region's request."""
         loop = asyncio.get_running_loop()
         begin = time.perf_counter()
-        image = await self._off_loop(load_image, request.image, self.policy, field="image")
+        image = await self._off_loop(read_image, request.image, self.policy, self._images)
         runtime = self._runtime or await loop.run_in_executor(self._loader, self._ready)
         load_ms = (time.perf_counter() - begin) * 1000
         pipeline = runtime.pipeline

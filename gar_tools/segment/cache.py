@@ -25,13 +25,16 @@ DEFAULT_CACHE_BYTES = 256 * 2**20
 
 
 def value_nbytes(value: Any) -> int:
-    """Bytes held by a tensor / array, or a list, tuple or dict of them (anything else counts 0)."""
+    """Bytes held by a tensor / array / 8-bit PIL image, or a list, tuple or dict of them (anything else counts 0)."""
     if isinstance(value, (list, tuple)):
         return sum(value_nbytes(v) for v in value)
     if isinstance(value, dict):
         return sum(value_nbytes(v) for v in value.values())
     if hasattr(value, "nbytes"):  # numpy arrays, torch tensors
         return int(value.nbytes)
+    if hasattr(value, "getbands") and hasattr(value, "size"):  # PIL images: a byte per band and pixel (8-bit)
+        width, height = value.size
+        return int(width * height * len(value.getbands()))
     return 0
 
 
