@@ -112,13 +112,33 @@ async def test_questions_at_once_on_a_new_image_resize_it_once(tiny_pipeline, mo
         {"image": IMAGE3, "region": {"box": [40 * k, 30 * k, 40 * k + 200, 30 * k + 150]}, "max_new_tokens": 3}
         for k in range(4)
     ]
-    toolkit = GarToolkit(LocalEngine(pipeline=tiny_pipeline, max_batch_size=4))
+    engine = LocalEngine(pipeline=tiny_pipeline, max_batch_size=4)
+    toolkit = GarToolkit(engine)
     try:
         results = await asyncio.gather(*(toolkit.arun("describe_region", r) for r in requests))
+        await toolkit.arun("describe_region", requests[0])  # later: the same decoded image, the same digest
     finally:
         await toolkit.aclose()
-    assert len(calls) == 1
+    assert len(calls) == 1 and engine._digests.computed == 1  # noqa: SLF001 - what the engine hashed
     assert [r.text for r in results] == [_alone(tiny_pipeline, "describe_region", r)[0] for r in requests]
+
+
+def test_pixel_digests_are_kept_per_live_image() -> None:
+    import gc
+
+    from PIL import Image
+
+    from gar_tools.engine.local import _Digests
+    from gar_tools.model.rgb import image_digest
+
+    digests = _Digests()
+    image = Image.new("RGB", (30, 20), (10, 20, 30))
+    twin = image.copy()
+    assert digests(image) == digests(image) == image_digest(image) and digests.computed == 1
+    assert digests(twin) == digests(image) and digests.computed == 2  # another object: hashed itself
+    del image, twin
+    gc.collect()
+    assert not digests._by_id  # noqa: SLF001 - freed images leave nothing behind
 
 
 async def test_astream_yields_deltas_then_the_result(tiny_pipeline) -> None:
