@@ -739,10 +739,11 @@ def test_a_path_is_never_read_as_base64() -> None:
 
 
 def test_read_image_decodes_each_distinct_image_once(tmp_path: Path, monkeypatch) -> None:
-    """The local engine reuses a decoded image for the very same encoded bytes — sent as a path or as base64 — and
-    only for them: a file overwritten in place is decoded again; the policy is checked on every call; failures are
-    not kept."""
+    """The local engine reuses a decoded image (and its pixel digest) for the very same encoded bytes — sent as a
+    path or as base64 — and only for them: a file overwritten in place is decoded again; the policy is checked on
+    every call; failures are not kept."""
     from gar_tools.engine import local
+    from gar_tools.model.rgb import image_digest
     from gar_tools.segment.cache import ImageValueCache
 
     decoded: list[int] = []
@@ -758,14 +759,15 @@ def test_read_image_decodes_each_distinct_image_once(tmp_path: Path, monkeypatch
     first = Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8))
     path = tmp_path / "photo.png"
     path.write_bytes(_png_bytes(first))
-    a = local.read_image(str(path), policy, cache)
-    b = local.read_image(base64.b64encode(path.read_bytes()).decode(), policy, cache)
+    a, digest = local.read_image(str(path), policy, cache)
+    b, again = local.read_image(base64.b64encode(path.read_bytes()).decode(), policy, cache)
     assert a is b and len(decoded) == 1 and np.array_equal(np.asarray(a), np.asarray(first))
+    assert digest == again == image_digest(first)
     assert cache.nbytes == 40 * 60 * 3
 
     second = Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8))
     path.write_bytes(_png_bytes(second))  # same path, new bytes
-    assert np.array_equal(np.asarray(local.read_image(str(path), policy, cache)), np.asarray(second))
+    assert np.array_equal(np.asarray(local.read_image(str(path), policy, cache)[0]), np.asarray(second))
     assert len(decoded) == 2
 
     elsewhere = ImagePolicy(allowed_dirs=[tmp_path / "only-here"])

@@ -25,7 +25,6 @@ import functools
 import hashlib
 import threading
 import time
-import weakref
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -79,47 +78,28 @@ class Job:
     prompt_indices: list[int]
     load_ms: float = 0.0
     segment_ms: float = 0.0
+    digest: str | None = None  # image_digest(image), when reading it gave one (a kept decoded image)
 
 
-def read_image(source: str, policy: ImagePolicy, cache: ImageValueCache | None = None) -> Image.Image:
-    """:func:`~gar_tools.images.load_image` of ``source`` (the request's ``image`` field), decoded once per distinct
-    encoded image when a ``cache`` is given: the bytes are read and checked against ``policy`` on every call, and
-    a decoded image is reused only for the very same bytes (SHA-256), so the result is exactly what decoding gives.
-    An agent sends its image with every question; decoding a PNG is the slow part of reading it (131 ms for a
-    1792² PNG on the H200 machine, ``benchmarks/results/2026-11-27-profile_request-nvidia-h200-run2.json``).
-    The image returned may be shared with other requests: read it, never modify it."""
+def read_image(
+    source: str, policy: ImagePolicy, cache: ImageValueCache | None = None
+) -> tuple[Image.Image, str | None]:
+    """:func:`~gar_tools.images.load_image` of ``source`` (the request's ``image`` field) and, with a ``cache``, its
+    :func:`image_digest` (the per-image tile caches' key), both computed once per distinct encoded image: the bytes
+    are read and checked against ``policy`` on every call, and a decoded image is reused only for the very same
+    bytes (SHA-256), so the result is exactly what decoding gives. An agent sends its image with every question;
+    decoding it is the slow part of reading it (``load_ms`` of ``benchmarks/serving.py --only
+    known_image_encode``). The image returned may be shared with other requests: read it, never modify it.
+    Without a cache the digest is None (computed later, where needed)."""
     if cache is None:
-        return load_image(source, policy, field="image")
+        return load_image(source, policy, field="image"), None
     data = read_source_bytes(source, policy, field="image")
-    key = hashlib.sha256(data).hexdigest()
-    return cache.get_or_compute(key, lambda: load_image(data, policy, field="image"))
 
+    def decode() -> tuple[Image.Image, str]:
+        image = load_image(data, policy, field="image")
+        return image, image_digest(image)
 
-class _Digests:
-    """:func:`image_digest` per live image object (thread-safe): a decoded image the engine keeps and shares between
-    requests (:func:`read_image`) is hashed once, not once per request (13 ms for a 1792² image here). Entries go
-    when their image is freed (before its ``id`` can be reused); images are never modified, so a digest stays true."""
-
-    def __init__(self) -> None:
-        self._by_id: dict[int, str] = {}
-        self._lock = threading.Lock()
-        self.computed = 0
-
-    def __call__(self, image: Image.Image) -> str:
-        key = id(image)
-        with self._lock:
-            digest = self._by_id.get(key)
-        if digest is None:
-            digest = image_digest(image)
-            with self._lock:
-                self._by_id[key] = digest
-                self.computed += 1
-            weakref.finalize(image, self._forget, key)
-        return digest
-
-    def _forget(self, key: int) -> None:
-        with self._lock:
-            self._by_id.pop(key, None)
+    return cache.get_or_compute(hashlib.sha256(data).hexdigest(), decode)
 
 
 def build_job(
@@ -136,7 +116,7 @@ def build_job(
     (:func:`read_image`)."""
     start = time.perf_counter()
     spec = get_tool(tool)
-    image = read_image(request.image, policy, images)
+    image, digest = read_image(request.image, policy, images)
     given = spec.regions(request)
     regions = decode_regions(
         given,
@@ -158,6 +138,7 @@ def build_job(
         question=question,
         prompt_indices=indices,
         load_ms=(time.perf_counter() - start) * 1000,
+        digest=digest,
     )
 
 
@@ -295,7 +276,6 @@ class LocalEngine(Engine):
         }
         self.policy = policy or ImagePolicy()
         self._images = ImageValueCache(image_cache_bytes)  # decoded request images, by their encoded bytes
-        self._digests = _Digests()  # their pixel digests (the keys of the per-image tile caches)
         self._segmenter: Segmenter | None = None if segmenter is None or isinstance(segmenter, str) else segmenter
         self.segmenter_name: str | None = (
             segmenter if segmenter is None or isinstance(segmenter, str) else segmenter.name
@@ -400,7 +380,7 @@ class LocalEngine(Engine):
             raise validation_error_to_input_error(exc) from None
         if region.points is None and not region.segment:
             raise InputError("give points (with optional labels) or a box to segment", field="region")
-        image = await self._off_loop(read_image, image_source, self.policy, self._images)  # each click sends it
+        image, _ = await self._off_loop(read_image, image_source, self.policy, self._images)  # each click sends it
         prompt = segment_prompt(region, image.size, field="region", rid="preview")
         loop = asyncio.get_running_loop()
         result = await loop.run_in_executor(
@@ -408,10 +388,11 @@ class LocalEngine(Engine):
         )
         return {"rle": await self._off_loop(mask_rle, result.mask), "score": result.score}
 
-    def _image_tiles(self, runtime: _Runtime, image: Image.Image) -> tuple[str, Any]:
-        """The image's digest and its resized uint8 tiles, kept per image for the next question on it (exact: they
-        depend only on the image). Off the event loop."""
-        digest = self._digests(image)
+    @staticmethod
+    def _image_tiles(runtime: _Runtime, image: Image.Image, digest: str | None) -> tuple[str, Any]:
+        """The image's digest (``digest`` when known) and its resized uint8 tiles, kept per image for the next
+        question on it (exact: they depend only on the image). Off the event loop."""
+        digest = digest or image_digest(image)
         # Resizing a new image is the one helper step that gains much from all cores (its torch ops are parallel):
         # in a thread of its own, whose OpenMP workers end with it (engine/threads.py). Once per image: requests
         # on an image being resized wait for that resize.
@@ -458,7 +439,7 @@ class LocalEngine(Engine):
 
         def prepare() -> tuple[Any, str, float]:
             begin = time.perf_counter()
-            digest, tiles = self._image_tiles(runtime, job.image)
+            digest, tiles = self._image_tiles(runtime, job.image, job.digest)
             prepared = pipeline.prepare(job.image, [r.mask for r in job.regions], job.question, image_tiles=tiles)
             return prepared, digest, (time.perf_counter() - begin) * 1000
 
@@ -576,7 +557,7 @@ class LocalEngine(Engine):
         regions finish. Cancelling cancels every region's request."""
         loop = asyncio.get_running_loop()
         begin = time.perf_counter()
-        image = await self._off_loop(read_image, request.image, self.policy, self._images)
+        image, digest = await self._off_loop(read_image, request.image, self.policy, self._images)
         runtime = self._runtime or await loop.run_in_executor(self._loader, self._ready)
         load_ms = (time.perf_counter() - begin) * 1000
         pipeline = runtime.pipeline
@@ -585,7 +566,7 @@ class LocalEngine(Engine):
         outcomes = await loop.run_in_executor(self._loader, self._fan_out_regions, spec, request, image)
         segmented = proposed or any(getattr(r, "source", "").startswith("sam:") for r in outcomes)
         segment_ms = (time.perf_counter() - segment_start) * 1000 if segmented else 0.0
-        digest, image_tiles = await self._off_loop(self._image_tiles, runtime, image)  # once for every region
+        digest, image_tiles = await self._off_loop(self._image_tiles, runtime, image, digest)  # once for all regions
         total = len(outcomes)
         items: list[RegionDescription | None] = [None] * total
         stats = {"encode_ms": 0.0, "prefill_ms": 0.0, "queue_ms": 0.0, "tokens": 0}

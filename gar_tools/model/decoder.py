@@ -146,8 +146,8 @@ def fused_decode_layer(
     attention: DecodeAttention,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`decode_layer` with its element-wise work in fused kernels (:mod:`gar_tools.kernels`: residual add +
-    RMSNorm, rotary + KV write, SiLU · up): with ``"triton"`` attention 13 launches per layer (7 of them the
-    projections) instead of ~38, the same math.
+    RMSNorm, rotary + KV write, SiLU · up), the same math: with ``"triton"`` attention a layer is 13 launches —
+    7 projections, 2 norms, rotary, 2 attention, SiLU · up.
 
     ``x`` [B, hidden] is the residual stream *before* ``pending`` (the previous layer's MLP output, None for the
     first layer) is added: that add happens inside this layer's first norm. Returns ``(x, mlp_out)`` the same way;
@@ -225,10 +225,9 @@ class BatchDecoder:
         fused_ops: run each layer's element-wise work in fused kernels (:func:`fused_decode_layer`: residual add +
             RMSNorm, rotary + KV write, SiLU · up — on CUDA Triton kernels, on CPU their pure-torch references,
             bit-identical to the unfused step). Eagerly a GAR-1B decode step is 746 kernels, most of them small
-            element-wise ones (same profile file); fused, with ``"triton"`` attention, a layer is 13 launches
-            instead of ~38 (operators and Triton launches of one step counted on CPU, tiny model: 42 vs 98 for
-            its 2 layers), ~225 per GAR-1B step. Not yet measured on a GPU (``benchmarks/profile_request.py``
-            counts the kernels there).
+            element-wise ones (same profile file: ~46 per layer); fused, with ``"triton"`` attention, a layer is
+            13 launches (:func:`fused_decode_layer`). Not yet measured on a GPU: ``benchmarks/profile_request.py``
+            counts the fused step's kernels there (``eager_fused_kernels_per_step``).
     """
 
     def __init__(
@@ -395,8 +394,8 @@ class BatchDecoder:
                 )  # fmt: skip
             h = self.lm.norm(x[:, 0])  # [B, hidden]
         logits = self.lm_head(h)  # [B, vocab]
-        # greedy: the first index on ties, as torch.argmax in generate (documented for torch.max too), which on CPU
-        # takes a third of argmax's time over a 128k vocabulary
+        # greedy: the first index on ties, as torch.argmax in generate (documented for torch.max too, which is the
+        # faster of the two on CPU over a 128k vocabulary)
         self.tokens[:b] = logits.max(dim=-1).indices
         self.positions[:b] = torch.clamp(positions + 1, max=self.cache.scratch_position)
 
