@@ -252,6 +252,14 @@ def _add_serving_options(parser: argparse.ArgumentParser) -> None:
         metavar="MB",
         help="bound of the decoded images kept for the next request sending the same image (default 128; 0: off)",
     )
+    group.add_argument(
+        "--prefix-cache-mb",
+        type=float,
+        default=None,
+        metavar="MB",
+        help="bound of the keys and values kept of prompts' image and regions, for later questions about the same "
+        "image and regions (default 256 on CPU, 2048 on CUDA; 0: off)",
+    )
 
 
 def _engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -276,6 +284,10 @@ def _engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         if args.image_cache_mb < 0:
             raise InputError(f"must be 0 or more, got {args.image_cache_mb}", field="--image-cache-mb")
         kwargs["image_cache_bytes"] = int(args.image_cache_mb * 2**20)
+    if getattr(args, "prefix_cache_mb", None) is not None:
+        if args.prefix_cache_mb < 0:
+            raise InputError(f"must be 0 or more, got {args.prefix_cache_mb}", field="--prefix-cache-mb")
+        kwargs["prefix_cache_bytes"] = int(args.prefix_cache_mb * 2**20)
     return kwargs
 
 

@@ -96,6 +96,15 @@ class Timings(BaseModel):
         default=0.0, ge=0, description="Milliseconds the segmenter spent turning points or boxes into masks."
     )
     tokens_generated: int = Field(ge=0, description="Number of tokens generated.")
+    prompt_tokens: int = Field(default=0, ge=0, description="Tokens of the prompt (image, regions and text).")
+    prompt_tokens_reused: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "Prompt tokens not computed again: their keys and values were kept from an earlier question about the "
+            "same image and regions (no vision tower, no prefill over them)."
+        ),
+    )
 
 
 class ToolResult(BaseModel):
@@ -212,6 +221,10 @@ class ModelInfo(BaseModel):
     tile_cache_max_bytes: int | None = Field(default=None, description="Bound of the per-image tile-feature cache.")
     image_cache_bytes: int | None = Field(default=None, description="Memory the decoded-image cache holds now.")
     image_cache_max_bytes: int | None = Field(default=None, description="Bound of the decoded-image cache.")
+    prefix_cache_bytes: int | None = Field(
+        default=None, description="Memory the kept prompt prefixes (keys and values of image and regions) hold now."
+    )
+    prefix_cache_max_bytes: int | None = Field(default=None, description="Bound of the kept prompt prefixes.")
     tile_cache_bytes: int | None = Field(default=None, description="Memory the tile-feature cache holds now.")
     queued: int | None = Field(default=None, description="Requests waiting now.")
     running: int | None = Field(default=None, description="Requests generating now.")

@@ -108,14 +108,19 @@ def test_server_options_are_checked(capsys: pytest.CaptureFixture[str], tmp_path
     assert "--max-body-mb" in capsys.readouterr().err
     assert main(["worker", "--image-cache-mb", "-1"]) == 2
     assert "--image-cache-mb" in capsys.readouterr().err
+    assert main(["serve", "--prefix-cache-mb", "-2"]) == 2
+    assert "--prefix-cache-mb" in capsys.readouterr().err
 
 
 def test_cache_sizes_reach_the_engine() -> None:
     from gar_tools.cli import _engine_kwargs, build_parser
 
-    args = build_parser().parse_args(["worker", "--tile-cache-mb", "64", "--image-cache-mb", "0.5"])
+    args = build_parser().parse_args(
+        ["worker", "--tile-cache-mb", "64", "--image-cache-mb", "0.5", "--prefix-cache-mb", "0"]
+    )
     kwargs = _engine_kwargs(args)
     assert kwargs["tile_cache_bytes"] == 64 * 2**20 and kwargs["image_cache_bytes"] == 2**19
+    assert kwargs["prefix_cache_bytes"] == 0
 
 
 def test_python_dash_m_gar_tools_runs_the_cli() -> None:

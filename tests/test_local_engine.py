@@ -98,6 +98,30 @@ async def test_concurrent_requests_answer_as_alone(tiny_pipeline) -> None:
     assert info.running == 0 and info.queued == 0
 
 
+async def test_a_second_question_about_the_same_regions_reuses_their_prefix(tiny_pipeline) -> None:
+    """The image-and-regions part of the prompt is not computed again (no vision tower, no prefill over its ~5k
+    tokens); the answers are those of each question alone, and the same with the prefix cache off."""
+    regions = [{"mask": m} for m in MASKS3]
+    questions = ["Is <r0> near <r1> or <r2>?", "What do <r2>, <r1> and <r0> share?", "Is <r0> near <r1> or <r2>?"]
+    calls = [{"image": IMAGE3, "regions": regions, "question": q, "max_new_tokens": 4} for q in questions]
+    expected = [_alone(tiny_pipeline, "answer_about_regions", request) for request in calls]
+    for prefix_cache_bytes in (None, 0):
+        toolkit = GarToolkit(LocalEngine(pipeline=tiny_pipeline, prefix_cache_bytes=prefix_cache_bytes))
+        try:
+            results = [await toolkit.arun("answer_about_regions", request) for request in calls]
+            info = await toolkit.ainfo()
+        finally:
+            await toolkit.aclose()
+        assert [(r.text, r.timings.tokens_generated) for r in results] == expected
+        reused = [r.timings.prompt_tokens_reused for r in results]
+        if prefix_cache_bytes is None:
+            assert reused[0] == 0 and reused[1] == reused[2] > 4000  # 17 tiles and 3 slots of 256 tokens
+            assert reused[1] < results[1].timings.prompt_tokens  # its own question was prefilled
+            assert 0 < info.prefix_cache_bytes <= info.prefix_cache_max_bytes
+        else:
+            assert reused == [0, 0, 0] and info.prefix_cache_max_bytes == 0 and info.prefix_cache_bytes == 0
+
+
 async def test_questions_at_once_on_a_new_image_resize_it_once(tiny_pipeline, monkeypatch) -> None:
     """Agents asking about one new image at the same time: one of them resizes it into tiles, the others wait for
     those tiles (they do not each resize it, fighting over the cores); answers stay those of each request alone."""
@@ -194,10 +218,12 @@ def test_worker_answers_503_with_retry_after_when_busy(tiny_pipeline) -> None:
         busy = client.post("/v1/describe_region", json=long)
         model = client.get("/v1/model").json()
         assert first.result(120).status_code == 200 and second.result(120).status_code == 200
+        after = client.get("/v1/model").json()
     assert busy.status_code == 503 and int(busy.headers["retry-after"]) >= 1
     assert busy.json()["error"]["type"] == "EngineBusyError" and "busy" in busy.json()["error"]["message"]
     assert model["max_batch_size"] == 1 and model["max_queue"] == 1 and model["kv_budget_tokens"] > 0
     assert model["image_cache_max_bytes"] > 0 and model["tile_cache_max_bytes"] > 0
+    assert after["prefix_cache_max_bytes"] > 0 and after["prefix_cache_bytes"] > 0  # the second reused the first's
 
 
 @pytest.mark.slow

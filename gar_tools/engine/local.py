@@ -6,7 +6,10 @@ A request goes through three places:
    (:func:`build_job`), then the model inputs (:meth:`GarPipeline.prepare`) and the image's digest;
 2. the model thread of a :class:`~gar_tools.engine.scheduler.ContinuousBatcher`: the vision tower (only on the tiles
    the regions touch; the others come from the per-image :class:`~gar_tools.model.tile_cache.TileFeatureCache`),
-   RoI replay, prefill, and decode steps shared with every other running request;
+   RoI replay, prefill, and decode steps shared with every other running request; a question about the same image
+   and regions as an earlier one skips the vision tower and the image's prefill: the keys and values of the
+   prompt's shared prefix are kept (:class:`~gar_tools.model.prefix_cache.PrefixKVCache`) and only its own text
+   is prefilled;
 3. back on the event loop: text deltas as tokens arrive (``progress``), then the result.
 
 The model is loaded on first use or by :meth:`LocalEngine.start`. Queue, batch size, KV budget and tile-cache
@@ -39,10 +42,13 @@ from gar_tools.engine.threads import run_in_fresh_thread, serial_torch_thread
 from gar_tools.errors import GarToolsError, InputError, RegionError
 from gar_tools.images import ImagePolicy, load_image, read_source_bytes
 from gar_tools.inputs import Region, ToolRequest, validation_error_to_input_error
+from gar_tools.model import prefix_cache
 from gar_tools.model.decoder import BatchDecoder, DecodeAttention
 from gar_tools.model.detokenize import TextStream
 from gar_tools.model.modeling import TOKENS_PER_TILE, Geometry
 from gar_tools.model.pipeline import GarPipeline, load
+from gar_tools.model.prefix_cache import PrefixKVCache, SharedPrefix, prefix_key, shared_prefix_length
+from gar_tools.model.processing import PreparedInputs
 from gar_tools.model.prompts import SINGLE_REGION_PROMPT_INDEX, prompt_token
 from gar_tools.model.rgb import image_digest, to_rgb
 from gar_tools.model.tile_cache import TileFeatureCache
@@ -55,7 +61,7 @@ from gar_tools.tools import ToolName, ToolSpec, get_tool
 if TYPE_CHECKING:
     from gar_tools.segment.segmenter import Segmenter
 
-__all__ = ["LocalEngine", "Job", "build_job", "read_image", "DEFAULT_IMAGE_CACHE_BYTES"]
+__all__ = ["LocalEngine", "Job", "build_job", "read_image", "shared_prefix", "DEFAULT_IMAGE_CACHE_BYTES"]
 
 #: Default bound of the decoded-image cache: 128 MiB (13 RGB images of 1792², 55 of 896²).
 DEFAULT_IMAGE_CACHE_BYTES = 128 * 2**20
@@ -142,6 +148,14 @@ def build_job(
     )
 
 
+def shared_prefix(pipeline: GarPipeline, prepared: PreparedInputs, digest: str) -> SharedPrefix:
+    """The prompt's shared prefix (its image and regions), for the scheduler's prefix cache. Hashes the prompt map:
+    call it off the event loop."""
+    length = shared_prefix_length(prepared, pipeline.config.image_token_id)
+    key = prefix_key(prepared, digest, length, pipeline.model, pipeline.geometry)
+    return SharedPrefix(key, length, lambda: pipeline.embed_suffix(prepared, length))
+
+
 def _region_info(region: DecodedRegion, prompt_index: int) -> RegionInfo:
     """A decoded region as results report it: ``mask_rle`` whenever the mask is not exactly the caller's."""
     return RegionInfo(
@@ -174,6 +188,10 @@ class _Runtime:
         on_cuda = pipeline.device.type == "cuda"
         slots = settings["max_batch_size"] or (16 if on_cuda else 8)
         chunk = settings["prefill_chunk_tokens"]
+        prefix_bytes = settings["prefix_cache_bytes"]
+        if prefix_bytes is None:
+            prefix_bytes = prefix_cache.DEFAULT_CUDA_BYTES if on_cuda else prefix_cache.DEFAULT_CPU_BYTES
+        self.prefixes = PrefixKVCache(prefix_bytes)
         self.pipeline = pipeline
         attention = settings["decode_attention"]
         self.decoder = BatchDecoder(
@@ -189,6 +207,7 @@ class _Runtime:
             kv_budget_tokens=settings["kv_budget_tokens"],
             max_queue=settings["max_queue"],
             prefill_chunk_tokens=None if chunk == "auto" else chunk,
+            prefix_cache=self.prefixes,
         ).start()
         self.tiles = TileFeatureCache(
             settings["tile_cache_bytes"], device=pipeline.device, cuda_graphs=settings["vision_cuda_graphs"]
@@ -232,6 +251,10 @@ class LocalEngine(Engine):
         tile_cache_bytes: bound of the per-image tile-feature cache; default 256 MiB on CPU, 2 GiB on CUDA.
         image_cache_bytes: bound of the decoded images kept for the next request that sends the same image
             (:func:`read_image`; default :data:`DEFAULT_IMAGE_CACHE_BYTES`, 0 disables it).
+        prefix_cache_bytes: bound of the keys and values kept of prompts' image-and-regions prefixes, for later
+            questions about the same image and regions (:mod:`gar_tools.model.prefix_cache`); default 256 MiB on
+            CPU, 2 GiB on CUDA (a 17-tile prompt's prefix is about 150 MB at GAR-1B size in bf16); 0 disables it.
+            Answers do not depend on it.
         segmenter: a SAM-family checkpoint (hub id, folder, ``"tiny-sam"``) or a loaded
             :class:`~gar_tools.segment.segmenter.Segmenter`, to turn points and segment boxes into masks; loaded
             beside GAR, on its device and in its dtype. None: points and segment boxes are refused.
@@ -256,6 +279,7 @@ class LocalEngine(Engine):
         vision_cuda_graphs: bool = False,
         tile_cache_bytes: int | None = None,
         image_cache_bytes: int = DEFAULT_IMAGE_CACHE_BYTES,
+        prefix_cache_bytes: int | None = None,
         segmenter: str | Segmenter | None = None,
     ) -> None:
         from gar_tools.inputs import MAX_NEW_TOKENS_LIMIT
@@ -272,6 +296,7 @@ class LocalEngine(Engine):
             "decode_fused_ops": decode_fused_ops,
             "vision_cuda_graphs": vision_cuda_graphs,
             "tile_cache_bytes": tile_cache_bytes,
+            "prefix_cache_bytes": prefix_cache_bytes,
             "max_new_tokens_limit": MAX_NEW_TOKENS_LIMIT,
         }
         self.policy = policy or ImagePolicy()
@@ -359,6 +384,8 @@ class LocalEngine(Engine):
             tile_cache_bytes=tiles["bytes"] + runtime.image_tiles.nbytes,
             image_cache_bytes=self._images.nbytes,
             image_cache_max_bytes=self._images.max_bytes,
+            prefix_cache_bytes=batch["prefix_cache_bytes"],
+            prefix_cache_max_bytes=batch["prefix_cache_max_bytes"],
             queued=batch["queued"],
             running=batch["running"],
             segmenter=self.segmenter_name,
@@ -437,13 +464,13 @@ class LocalEngine(Engine):
         pipeline = runtime.pipeline
         await loop.run_in_executor(self._loader, self._segment_regions, job)
 
-        def prepare() -> tuple[Any, str, float]:
+        def prepare() -> tuple[Any, str, SharedPrefix, float]:
             begin = time.perf_counter()
             digest, tiles = self._image_tiles(runtime, job.image, job.digest)
             prepared = pipeline.prepare(job.image, [r.mask for r in job.regions], job.question, image_tiles=tiles)
-            return prepared, digest, (time.perf_counter() - begin) * 1000
+            return prepared, digest, shared_prefix(pipeline, prepared, digest), (time.perf_counter() - begin) * 1000
 
-        prepared, digest, prepare_ms = await self._off_loop(prepare)
+        prepared, digest, prefix, prepare_ms = await self._off_loop(prepare)
         stream = TextStream(pipeline.processor.tokenizer)
         deltas: asyncio.Queue[tuple[int, str] | None] = asyncio.Queue()
         generated = 0
@@ -459,6 +486,7 @@ class LocalEngine(Engine):
             eos_token_ids=runtime.eos_token_ids,
             on_token=on_token,
             loop=loop,
+            prefix=prefix,
         )
         reporter = asyncio.create_task(_report(deltas, progress, request.max_new_tokens))
         try:
@@ -488,6 +516,8 @@ class LocalEngine(Engine):
                 prefill_ms=output.prefill_ms,
                 generate_ms=output.prefill_ms + output.decode_ms,
                 tokens_generated=len(output.token_ids),
+                prompt_tokens=output.prompt_tokens,
+                prompt_tokens_reused=output.reused_prompt_tokens,
                 segment_ms=job.segment_ms,
             ),
             overlay_png=overlay,
@@ -569,7 +599,8 @@ class LocalEngine(Engine):
         digest, image_tiles = await self._off_loop(self._image_tiles, runtime, image, digest)  # once for all regions
         total = len(outcomes)
         items: list[RegionDescription | None] = [None] * total
-        stats = {"encode_ms": 0.0, "prefill_ms": 0.0, "queue_ms": 0.0, "tokens": 0}
+        stats = {"encode_ms": 0.0, "prefill_ms": 0.0, "queue_ms": 0.0, "tokens": 0, "prompt_tokens": 0}
+        stats["prompt_tokens_reused"] = 0
         done = 0
 
         async def finished(item: RegionDescription) -> None:
@@ -601,9 +632,12 @@ class LocalEngine(Engine):
             question = spec.question(request, [region.id])
             indices = [SINGLE_REGION_PROMPT_INDEX] if question is None else [0]
             started = time.perf_counter()
-            prepared = await self._off_loop(
-                functools.partial(pipeline.prepare, image_tiles=image_tiles), image, [region.mask], question
-            )
+
+            def prepare() -> tuple[PreparedInputs, SharedPrefix]:
+                prepared = pipeline.prepare(image, [region.mask], question, image_tiles=image_tiles)
+                return prepared, shared_prefix(pipeline, prepared, digest)
+
+            prepared, prefix = await self._off_loop(prepare)
             stats["encode_ms"] += (time.perf_counter() - started) * 1000
             stream = TextStream(pipeline.processor.tokenizer)
             handle = runtime.batcher.submit(
@@ -612,6 +646,7 @@ class LocalEngine(Engine):
                 eos_token_ids=runtime.eos_token_ids,
                 on_token=lambda ids: stream.push(ids),
                 loop=loop,
+                prefix=prefix,  # as describe_region's: the same prefill chunks, so the same ids
             )
             output = await handle  # cancelling this task cancels the request and frees its slot
             stream.finish()
@@ -619,6 +654,8 @@ class LocalEngine(Engine):
             stats["prefill_ms"] += output.prefill_ms
             stats["queue_ms"] = max(stats["queue_ms"], output.queue_ms + output.wait_ms)
             stats["tokens"] += len(output.token_ids)
+            stats["prompt_tokens"] += output.prompt_tokens
+            stats["prompt_tokens_reused"] += output.reused_prompt_tokens
             info = await self._off_loop(_region_info, region, indices[0])
             await finished(
                 RegionDescription(
@@ -662,6 +699,8 @@ class LocalEngine(Engine):
                 prefill_ms=stats["prefill_ms"],
                 generate_ms=generate_ms,
                 tokens_generated=int(stats["tokens"]),
+                prompt_tokens=int(stats["prompt_tokens"]),
+                prompt_tokens_reused=int(stats["prompt_tokens_reused"]),
                 segment_ms=segment_ms,
             ),
             overlay_png=overlay,

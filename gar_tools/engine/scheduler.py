@@ -6,7 +6,11 @@ One thread owns the model and loops:
 2. admit: the request at the head of the queue gets its embeddings built (its ``build_embeds`` callable, run on
    this thread: vision tower, RoI replay…), and a slot once one is free within ``max_batch_size`` and the KV
    budget (prompt + ``max_new_tokens`` tokens reserved); then one prefill chunk of one request runs — so running
-   sequences never wait for more than one chunk between two decode steps;
+   sequences never wait for more than one chunk between two decode steps. A request with a
+   :class:`~gar_tools.model.prefix_cache.SharedPrefix` whose keys and values are stored (an earlier question about
+   the same image and regions) builds only the embeddings after it and starts its prefill there; one whose prefix
+   another request is prefilling now waits for it; a prefill chunk always ends at the prefix end, and the prefix
+   is stored then;
 3. one decode step for every running slot (:meth:`BatchDecoder.step`); a request whose last token is launched
    frees its slot at once;
 4. hand new token ids to their requests as their copies reach the host (every step on CPU; on CUDA when ready,
@@ -52,6 +56,7 @@ import torch
 
 from gar_tools.errors import EngineBusyError, EngineError, InputError
 from gar_tools.model.decoder import BatchDecoder, PendingTokens
+from gar_tools.model.prefix_cache import PrefixKVCache, SavedPrefix, SharedPrefix
 
 __all__ = ["ContinuousBatcher", "GenerationHandle", "GenerationOutput", "TokenCallback"]
 
@@ -71,6 +76,7 @@ class GenerationOutput:
     wait_ms: float  # embeddings built → slot granted (batch or KV budget full)
     prefill_ms: float  # first chunk → first token known (other requests' decode steps in between included)
     decode_ms: float  # first token → last token delivered
+    reused_prompt_tokens: int = 0  # prompt tokens whose K/V came from the prefix cache (not computed)
 
 
 @dataclass(eq=False)
@@ -81,8 +87,11 @@ class _Request:
     on_token: TokenCallback | None
     future: Future[GenerationOutput]
     loop: asyncio.AbstractEventLoop | None = None  # where on_token runs (None: on the model thread)
+    prefix: SharedPrefix | None = None
     submitted: float = field(default_factory=time.perf_counter)
-    embeds: torch.Tensor | None = None  # [L, hidden] once built, until prefilled
+    embeds: torch.Tensor | None = None  # [L - embeds_start, hidden] once built, until prefilled
+    embeds_start: int = 0  # the position of embeds[0]: the prefix length when its K/V are reused
+    reuse: SavedPrefix | None = None  # stored prefix K/V to copy into the slot once granted
     prompt_tokens: int = 0  # L
     slot: int = -1
     prefilled: int = 0  # prompt tokens already in the cache
@@ -143,6 +152,8 @@ class ContinuousBatcher:
         prefill_chunk_tokens: prompt tokens prefilled between two decode steps (``None``: whole prompts).
         readback_lag: decode steps that may run before their ids are read on the host (CUDA; CPU reads each).
         retry_after_s: the hint given with :class:`EngineBusyError`.
+        prefix_cache: where shared prefixes' keys and values are kept for later requests (None: not kept; prefill
+            chunks still end at prefix ends, so results do not depend on this).
     """
 
     def __init__(
@@ -155,6 +166,7 @@ class ContinuousBatcher:
         prefill_chunk_tokens: int | None = None,
         readback_lag: int = 4,
         retry_after_s: float = 1.0,
+        prefix_cache: PrefixKVCache | None = None,
     ) -> None:
         self.decoder = decoder
         self.max_batch_size = min(max_batch_size or decoder.slots, decoder.slots)
@@ -163,6 +175,7 @@ class ContinuousBatcher:
         self.prefill_chunk_tokens = prefill_chunk_tokens
         self.readback_lag = max(1, readback_lag)
         self.retry_after_s = retry_after_s
+        self.prefix_cache = prefix_cache
         self._lock = threading.Condition()
         self._queue: deque[_Request] = deque()  # waiting for a slot (guarded by _lock)
         self._slots: list[_Request | None] = [None] * decoder.slots  # running or prefilling (model thread only)
@@ -206,10 +219,12 @@ class ContinuousBatcher:
         eos_token_ids: Iterable[int] = (),
         on_token: TokenCallback | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
+        prefix: SharedPrefix | None = None,
     ) -> GenerationHandle:
         """Queue a request. ``build_embeds`` runs on the model thread and returns ``[L, hidden]`` (or
         ``[1, L, hidden]``) prompt embeddings; ``on_token`` gets new ids on the model thread, or through
-        ``loop.call_soon_threadsafe`` on that event loop when ``loop`` is given.
+        ``loop.call_soon_threadsafe`` on that event loop when ``loop`` is given. ``prefix``: the prompt's shared
+        prefix (its K/V are reused from, or stored into, the prefix cache).
 
         Raises:
             InputError: ``max_new_tokens`` < 1.
@@ -226,6 +241,7 @@ class ContinuousBatcher:
             on_token,
             future,
             loop=loop if on_token is not None else None,
+            prefix=prefix if prefix is not None and prefix.length >= 1 else None,
         )
         with self._lock:
             if self._closed:
@@ -261,6 +277,8 @@ class ContinuousBatcher:
             "kv_reserved_tokens": sum(r.reserved_tokens for r in running),
             "kv_budget_tokens": self.kv_budget_tokens,
             "kv_cache_bytes": self.decoder.cache.nbytes,
+            "prefix_cache_bytes": self.prefix_cache.nbytes if self.prefix_cache is not None else 0,
+            "prefix_cache_max_bytes": self.prefix_cache.max_bytes if self.prefix_cache is not None else 0,
             "peak_batch": self.peak_batch,
             "steps": self.steps,
         }
@@ -309,7 +327,20 @@ class ContinuousBatcher:
         if request.slot >= 0 and self._slots[request.slot] is request:
             self.decoder.release(request.slot)
             self._slots[request.slot] = None
-        request.embeds = None
+        request.embeds = request.reuse = None
+
+    def _awaits_prefix(self, request: _Request) -> bool:
+        """Whether a running request is prefilling ``request``'s prefix now, to be stored for it to reuse."""
+        prefix, store = request.prefix, self.prefix_cache
+        if prefix is None or store is None or prefix.key in store:
+            return False
+        if not store.fits(prefix.length * self.decoder.cache.bytes_per_token):
+            return False
+        return any(
+            r is not None and not r.done and r.prefix is not None and r.prefix.key == prefix.key
+            and r.prefilled < r.prefix.length
+            for r in self._slots
+        )  # fmt: skip
 
     def _admit(self) -> None:
         """Build the head request's embeddings; give it a slot if one is free within the batch and KV budget."""
@@ -318,11 +349,21 @@ class ContinuousBatcher:
         if request is None:
             return
         if request.embeds is None:
+            if self._awaits_prefix(request):
+                return  # admitted once that prefix is stored (prefills run one at a time anyway)
             request.times["encode_start"] = time.perf_counter()
             try:
-                embeds = request.build_embeds()
-                request.embeds = embeds[0] if embeds.dim() == 3 else embeds  # [L, hidden]
-                request.prompt_tokens = int(request.embeds.shape[0])
+                prefix = request.prefix
+                saved = self.prefix_cache.get(prefix.key) if prefix and self.prefix_cache is not None else None
+                if prefix is not None and saved is not None:  # only the text after the prefix is embedded
+                    embeds = prefix.suffix_embeds()
+                    request.reuse, request.embeds_start = saved, prefix.length
+                else:
+                    embeds = request.build_embeds()
+                request.embeds = embeds[0] if embeds.dim() == 3 else embeds  # [L - embeds_start, hidden]
+                request.prompt_tokens = request.embeds_start + int(request.embeds.shape[0])
+                if prefix is not None and prefix.length >= request.prompt_tokens:
+                    request.prefix = None  # nothing would be left to prefill after it: not a shared prefix
                 if request.reserved_tokens > self.decoder.usable_len:
                     raise InputError(
                         f"the prompt ({request.prompt_tokens} tokens) plus max_new_tokens ({request.max_new_tokens}) "
@@ -347,6 +388,9 @@ class ContinuousBatcher:
         request.slot = free[0]
         request.times["admitted"] = time.perf_counter()
         self._slots[request.slot] = request
+        if request.reuse is not None:
+            request.prefilled = self.decoder.cache.write(request.slot, request.reuse)
+            request.reuse = None
 
     def _prefill_one_chunk(self) -> None:
         """One prefill chunk of the earliest-admitted request still prefilling; its first token when complete."""
@@ -359,14 +403,21 @@ class ContinuousBatcher:
         chunk = self.prefill_chunk_tokens or total
         start = request.prefilled
         end = min(total, start + chunk)
+        prefix = request.prefix
+        if prefix is not None and start < prefix.length:
+            end = min(end, prefix.length)  # a chunk ends at the prefix end, whether its K/V are stored or reused
         request.times.setdefault("prefill_start", time.perf_counter())
+        offset = request.embeds_start
         try:
-            logits = self.decoder.prefill(request.slot, request.embeds[start:end], start=start)  # [vocab]
+            logits = self.decoder.prefill(request.slot, request.embeds[start - offset : end - offset], start=start)
         except Exception as exc:  # noqa: BLE001
             self._free(request)
             self._fail(request, exc)
             return
         request.prefilled = end
+        if prefix is not None and end == prefix.length and self.prefix_cache is not None:
+            if prefix.key not in self.prefix_cache:
+                self.prefix_cache.put(prefix.key, self.decoder.cache.read(request.slot, end))
         if end < total:
             return
         first = int(logits.argmax())  # one host sync per request, at its first token
@@ -463,6 +514,7 @@ class ContinuousBatcher:
             wait_ms=(t["admitted"] - t["encoded"]) * 1000,
             prefill_ms=(t["first_token"] - t["prefill_start"]) * 1000,
             decode_ms=(now - t["first_token"]) * 1000,
+            reused_prompt_tokens=request.embeds_start,
         )
         try:
             request.future.set_result(output)

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from gar_tools.model.kv_cache import StaticKVCache
     from gar_tools.model.modeling import GarModel, Geometry
     from gar_tools.model.pipeline import DTYPES, GarPipeline, Generation, checkpoint_folder, load
+    from gar_tools.model.prefix_cache import PrefixKVCache, SharedPrefix
     from gar_tools.model.processing import (
         GarProcessor,
         PreparedInputs,
@@ -33,6 +34,8 @@ __all__ = [
     "DTYPES",
     "PRESETS",
     "PendingTokens",
+    "PrefixKVCache",
+    "SharedPrefix",
     "SizePreset",
     "StaticKVCache",
     "TextStream",
@@ -78,6 +81,8 @@ _LAZY = {
     "Generation": "gar_tools.model.pipeline",
     "checkpoint_folder": "gar_tools.model.pipeline",
     "load": "gar_tools.model.pipeline",
+    "PrefixKVCache": "gar_tools.model.prefix_cache",
+    "SharedPrefix": "gar_tools.model.prefix_cache",
     "GarProcessor": "gar_tools.model.processing",
     "PreparedInputs": "gar_tools.model.processing",
     "region_box": "gar_tools.model.processing",

@@ -76,3 +76,20 @@ class StaticKVCache:
     def nbytes(self) -> int:
         """Bytes allocated for the whole cache."""
         return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+
+    def read(self, slot: int, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Copies of the first ``length`` positions of ``slot``: per layer, K and V ``[kv_heads, length, head_dim]``."""
+        pairs = zip(self.keys, self.values, strict=True)
+        return [(k[slot, :, :length].clone(), v[slot, :, :length].clone()) for k, v in pairs]
+
+    def write(self, slot: int, saved: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
+        """Copy what :meth:`read` gave into the first positions of ``slot``; returns how many positions."""
+        if len(saved) != len(self.keys):
+            raise ValueError(f"{len(saved)} layers given for a cache of {len(self.keys)}")
+        length = int(saved[0][0].shape[1])
+        if length > self.usable_len:
+            raise ValueError(f"{length} positions do not fit a slot of {self.usable_len}")
+        for (k, v), keys, values in zip(saved, self.keys, self.values, strict=True):
+            keys[slot, :, :length] = k
+            values[slot, :, :length] = v
+        return length

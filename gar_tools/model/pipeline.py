@@ -89,6 +89,16 @@ class GarPipeline:
         )
 
     @torch.no_grad()
+    def embed_suffix(self, prepared: PreparedInputs, start: int) -> torch.Tensor:
+        """[1, L - start, hidden]: :meth:`embed`'s rows from position ``start`` on, when none of them is an image or
+        RoI-replay slot token (there they are plain token embeddings: no vision tower, no replay)."""
+        ids = prepared.input_ids[:, start:]
+        special = [self.config.image_token_id, *self.config.crop_tokens_ids]
+        if bool(torch.isin(ids, torch.tensor(special)).any()):
+            raise ValueError(f"the prompt holds image or slot tokens after position {start}")
+        return self.model.mllm.get_input_embeddings()(ids.to(self.device))
+
+    @torch.no_grad()
     def next_token_logits(self, prepared: PreparedInputs) -> torch.Tensor:
         """Float32 logits over the vocabulary for the token after the prompt."""
         return self.model.last_token_logits(self.embed(prepared))
