@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One prepared GPU check, sized for a 15-minute GPU lease (the machine's start-up counts too, so the steps below
-# are capped at about 11 minutes in all by `timeout`, QUICK=1 at about 8; a step that fails or times out is
+# are capped at about 12 minutes in all by `timeout`, QUICK=1 at about 8; a step that fails or times out is
 # reported and the next one still runs). Most important first. Run from the repository root on a machine with CUDA:
 #
 #     bash benchmarks/gpu_check.sh            # PYTHON=.venv/bin/python bash benchmarks/gpu_check.sh
@@ -21,7 +21,8 @@
 #   4. DATE-gpu_tests-DEVICE.txt          python -m pytest -q -m gpu tests/ (decoder CUDA graphs and attention
 #                                         variants, split-KV kernels, scheduler, tile cache and vision graphs, RoI
 #                                         replay kernel)
-#   5. describe_regions, prefill_chunking, roi_replay JSONs (not with QUICK=1)
+#   5. describe_regions, followup_questions (prefix cache on/off), prefill_chunking, roi_replay JSONs (not with
+#      QUICK=1)
 # Then a summary of exit codes. Commit the result files (git add benchmarks/results/) and add README rows.
 set -u
 cd "$(dirname "$0")/.."
@@ -109,6 +110,9 @@ fi
 if [ "$QUICK" != 1 ]; then
     step describe_regions 80 "$RESULTS/$DATE-describe_regions-$DEVICE.json" \
         "$PYTHON" benchmarks/serving.py --only describe_regions --max-new-tokens 32 --iters 2 \
+        --decode-attention "$ATTENTION" $FUSED_FLAG $VISION_FLAG
+    step followup_questions 50 "$RESULTS/$DATE-followup_questions-$DEVICE.json" \
+        "$PYTHON" benchmarks/serving.py --only followup_questions --iters 3 \
         --decode-attention "$ATTENTION" $FUSED_FLAG $VISION_FLAG
     step prefill_chunking 40 "$RESULTS/$DATE-prefill_chunking-$DEVICE.json" \
         "$PYTHON" benchmarks/serving.py --only prefill_chunking --iters 3

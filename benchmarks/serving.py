@@ -19,6 +19,9 @@
 
 - ``prefill_chunking``: one 17-tile-sized prompt prefilled whole vs in 2048- and 1024-token chunks.
 
+- ``followup_questions``: more questions about the same regions of one image, with the engine's prefix cache on
+  and off (time to first token of a second question; eight questions at once).
+
 - ``engine_throughput`` (a new random image per request: the targets' setting), ``engine_throughput_one_image``
   (the requests of each concurrency level ask about one image, each a different box: agents questioning the same
   image), ``time_to_first_token``, ``known_image_encode``, ``batch1_agreement``: the old batch-1 path vs the
@@ -225,7 +228,9 @@ def _peak() -> dict[str, float]:
     return out
 
 
-def _old_call(pipeline: Any, request: dict[str, Any], new_tokens: int | None = None) -> Any:
+def _old_call(
+    pipeline: Any, request: dict[str, Any], new_tokens: int | None = None, tool: str = "describe_region"
+) -> Any:
     """The old path for one request: read and check it as the engine does, ``prepare``, then batch-1 ``generate``
     — on a thread of its own that ends with the call, so it leaves no OpenMP workers behind (all cores are its)."""
     from gar_tools.engine.local import build_job
@@ -234,14 +239,14 @@ def _old_call(pipeline: Any, request: dict[str, Any], new_tokens: int | None = N
     from gar_tools.toolkit import coerce_request
 
     def call() -> Any:
-        job = build_job("describe_region", coerce_request("describe_region", request), ImagePolicy())
+        job = build_job(tool, coerce_request(tool, request), ImagePolicy())
         prepared = pipeline.prepare(job.image, [r.mask for r in job.regions], job.question)
         return pipeline.generate(prepared, max_new_tokens=new_tokens or request["max_new_tokens"]), prepared
 
     return run_in_fresh_thread(call, name="old-path")
 
 
-def _engine(args: argparse.Namespace, pipeline: Any) -> Any:
+def _engine(args: argparse.Namespace, pipeline: Any, **options: Any) -> Any:
     from gar_tools.engine.local import LocalEngine
 
     return LocalEngine(
@@ -250,10 +255,13 @@ def _engine(args: argparse.Namespace, pipeline: Any) -> Any:
         max_queue=max(64, 2 * max(args.concurrency)),
         max_seq_len=args.max_seq_len,
         **_decode_options(args),
+        **options,
     )
 
 
-def _run_engine(engine: Any, requests: list[dict[str, Any]]) -> tuple[float, list[Any], list[float]]:
+def _run_engine(
+    engine: Any, requests: list[dict[str, Any]], tool: str = "describe_region"
+) -> tuple[float, list[Any], list[float]]:
     """All ``requests`` at once through ``engine`` (asyncio): wall seconds, results, per-request first-token ms.
     Each request's ``(seconds since start, tokens so far)`` progress marks are kept in ``_STATE["marks"]``."""
     import asyncio
@@ -269,7 +277,7 @@ def _run_engine(engine: Any, requests: list[dict[str, Any]]) -> tuple[float, lis
         async def progress(done: float, total: float | None, delta: str | None) -> None:
             seen.append((time.perf_counter() - t0, done))
 
-        result = await engine.run("describe_region", coerce_request("describe_region", request), progress)
+        result = await engine.run(tool, coerce_request(tool, request), progress)
         first = next((s for s, done in seen if done >= 1), float("nan"))
         return result, first * 1000
 
@@ -462,6 +470,96 @@ def time_to_first_token(args: argparse.Namespace) -> dict[str, Any]:
         "new_prefill_ms_median": round(statistics.median(prefill), 2),
         "new_first_text_delta_via_astream": _ms(toolkit_first),
         "targets_met": {"gpu_ttft_le_100_ms_17_tiles": (median_new <= 100 and tiles == 17) if cuda else None},
+    }
+
+
+FOLLOW_UPS = [
+    "What is <a> doing next to <b>?",
+    "Which is larger, <a> or <b>?",
+    "Describe the texture of <a> and of <b>.",
+    "Is <b> above <a>?",
+    "What colour are <a> and <b>?",
+    "How far apart are <a> and <b>?",
+    "Name <b>, then <a>.",
+    "Could <a> hold <b>?",
+]
+
+
+def followup_questions(args: argparse.Namespace) -> dict[str, Any]:
+    """Several questions about the same two regions of one ``--ttft-image-size`` image (default 1792: 17 tiles),
+    as an agent asks them: the engine with its prefix cache (the image-and-regions part of the prompt is computed
+    once, later questions prefill only their own text) vs the same engine with it off (``prefix_cache_bytes=0``;
+    the tile cache still spares the untouched tiles' vision pass). Per new image: a first question, then a second
+    one (its time to first token through the progress callback, ``encode_ms``, ``prefill_ms``), then the other
+    ``len(FOLLOW_UPS)`` questions at once (wall time, tokens/s). Same answers with and without (checked). For
+    scale, the old path (batch-1 ``generate``) asks the same questions one after another, once."""
+    pipeline = _pipeline(args)
+    side, new = args.ttft_image_size, args.new_tokens
+
+    def request(seed: int, question: str) -> dict[str, Any]:
+        regions = [{"id": "a", "box": _box(side, 1)}, {"id": "b", "box": _box(side, 4)}]
+        return {"image": _image_file(side, seed), "regions": regions, "question": question, "max_new_tokens": new}
+
+    _old_call(pipeline, request(4999, FOLLOW_UPS[0]), 2, "answer_about_regions")  # warm-up
+    old_requests = [request(4998, q) for q in FOLLOW_UPS]  # their PNG exists before the clock starts
+    old_tokens, start = 0, time.perf_counter()
+    for old_request in old_requests:
+        generation, _ = _old_call(pipeline, old_request, None, "answer_about_regions")
+        old_tokens += len(generation.token_ids)
+    _sync()
+    old_s = time.perf_counter() - start
+
+    report: dict[str, Any] = {}
+    texts: dict[str, list[str]] = {}
+    for label, options in (("prefix_cache_on", {}), ("prefix_cache_off", {"prefix_cache_bytes": 0})):
+        engine = _engine(args, pipeline, **options)
+        first, second, encode, prefill, walls, rates, reused, answers = [], [], [], [], [], [], [], []
+        try:
+            _run_engine(engine, [request(5000, FOLLOW_UPS[0])], "answer_about_regions")  # warm-up
+            for i in range(args.iters):
+                seed = 5001 + i
+                for q, into in ((FOLLOW_UPS[0], first), (FOLLOW_UPS[1], second)):
+                    _w, (result,), ttft = _run_engine(engine, [request(seed, q)], "answer_about_regions")
+                    into.append(ttft[0])
+                    answers.append(result.text)
+                encode.append(result.timings.encode_ms)
+                prefill.append(result.timings.prefill_ms)
+                reused.append(result.timings.prompt_tokens_reused)
+                wall, results, _f = _run_engine(engine, [request(seed, q) for q in FOLLOW_UPS], "answer_about_regions")
+                walls.append(wall * 1000)
+                rates.append(sum(r.timings.tokens_generated for r in results) / wall)
+                answers += [r.text for r in results]
+        finally:
+            _close(engine)
+        texts[label] = answers
+        report[label] = {
+            "first_question_ttft": _ms(first),
+            "second_question_ttft": _ms(second),
+            "second_question_encode_ms_median": round(statistics.median(encode), 2),
+            "second_question_prefill_ms_median": round(statistics.median(prefill), 2),
+            "second_question_prompt_tokens_reused": reused[0],
+            f"{len(FOLLOW_UPS)}_questions_at_once": _ms(walls),
+            f"{len(FOLLOW_UPS)}_questions_at_once_tokens_per_s_median": round(statistics.median(rates), 1),
+        }
+    on, off = report["prefix_cache_on"], report["prefix_cache_off"]
+    together = f"{len(FOLLOW_UPS)}_questions_at_once"
+    return {
+        **_model_info(args),
+        "image": f"{side}x{side} random, new per iteration, tiles: {_tiles(pipeline, side)}; two boxes of 12% of "
+        "the side",
+        "max_new_tokens": new,
+        "old_one_after_another": {
+            "path": "sequential GarPipeline.generate (batch 1)",
+            "questions": len(old_requests),
+            "wall_ms": round(old_s * 1000, 1),
+            "tokens_per_s": round(old_tokens / old_s, 1),
+        },
+        **report,
+        "same_answers_on_and_off": texts["prefix_cache_on"] == texts["prefix_cache_off"],
+        "second_question_ttft_speedup": round(
+            off["second_question_ttft"]["median_ms"] / max(on["second_question_ttft"]["median_ms"], 1e-9), 2
+        ),
+        f"{together}_speedup": round(off[together]["median_ms"] / max(on[together]["median_ms"], 1e-9), 2),
     }
 
 
@@ -704,6 +802,7 @@ COMPARISONS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "batch1_agreement": batch1_agreement,
     "describe_regions": describe_regions,
     "prefill_chunking": prefill_chunking,
+    "followup_questions": followup_questions,
 }
 
 

@@ -33,6 +33,7 @@ def test_serving_old_path_vs_engine_smallest_configuration(tmp_path) -> None:
         "serving.py",
         *("--only", "known_image_encode", "--only", "engine_throughput", "--only", "prefill_chunking"),
         *("--only", "engine_throughput_one_image", "--only", "batch1_agreement", "--agreement-requests", "2"),
+        *("--only", "followup_questions", "--ttft-image-size", "448"),
         *("--concurrency", "1", "2", "--old-requests", "1", "--new-tokens", "3", "--iters", "1"),
         *("--image-size", "448", "--out", str(out)),
     )
@@ -61,6 +62,11 @@ def test_serving_old_path_vs_engine_smallest_configuration(tmp_path) -> None:
     prefill = report["results"]["prefill_chunking"]
     assert prefill["prompt_tokens"] == 17 * 256 + 356
     assert all(prefill[k]["n"] == 1 for k in ("whole", "chunks_of_2048", "chunks_of_1024"))
+    followup = report["results"]["followup_questions"]  # same answers; the second question reused its prefix
+    assert followup["same_answers_on_and_off"] is True
+    assert followup["prefix_cache_on"]["second_question_prompt_tokens_reused"] > 512  # thumbnail + 1 tile at least
+    assert followup["prefix_cache_off"]["second_question_prompt_tokens_reused"] == 0
+    assert followup["old_one_after_another"]["questions"] == 8
 
 
 def test_gpu_check_script_names_existing_scripts_and_flags() -> None:

@@ -409,7 +409,8 @@ class ContinuousBatcher:
         request.times.setdefault("prefill_start", time.perf_counter())
         offset = request.embeds_start
         try:
-            logits = self.decoder.prefill(request.slot, request.embeds[start - offset : end - offset], start=start)
+            embeds = request.embeds[start - offset : end - offset]  # [end - start, hidden]
+            logits = self.decoder.prefill(request.slot, embeds, start=start, logits=end == total)  # [vocab] at the end
         except Exception as exc:  # noqa: BLE001
             self._free(request)
             self._fail(request, exc)
@@ -418,7 +419,7 @@ class ContinuousBatcher:
         if prefix is not None and end == prefix.length and self.prefix_cache is not None:
             if prefix.key not in self.prefix_cache:
                 self.prefix_cache.put(prefix.key, self.decoder.cache.read(request.slot, end))
-        if end < total:
+        if logits is None:
             return
         first = int(logits.argmax())  # one host sync per request, at its first token
         request.embeds = None

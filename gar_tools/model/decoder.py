@@ -309,11 +309,14 @@ class BatchDecoder:
 
     # --- prefill -------------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def prefill(self, slot: int, inputs_embeds: torch.Tensor, start: int = 0) -> torch.Tensor:
+    def prefill(
+        self, slot: int, inputs_embeds: torch.Tensor, start: int = 0, *, logits: bool = True
+    ) -> torch.Tensor | None:
         """Run prompt embeddings ``[L, hidden]`` at positions ``start … start+L-1`` of ``slot``; write their K/V.
 
         Call with consecutive chunks (``start`` = tokens already prefilled) to split a long prompt. Returns the
-        float32 logits ``[vocab]`` of the chunk's last position (the first generated token's, after the last chunk).
+        float32 logits ``[vocab]`` of the chunk's last position (the first generated token's, after the last chunk),
+        or None with ``logits=False`` (a chunk before the last: no final norm and ``lm_head``).
         """
         length = int(inputs_embeds.shape[0])
         end = start + length
@@ -349,6 +352,8 @@ class BatchDecoder:
             # out: [1, H, L, D]
             x = x + attn.o_proj(out.transpose(1, 2).reshape(1, length, -1))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
+        if not logits:
+            return None
         last = self.lm.norm(x[:, -1])  # [1, hidden]
         return self.lm_head(last)[0].float()  # [vocab]
 
