@@ -96,7 +96,11 @@ class Timings(BaseModel):
         default=0.0, ge=0, description="Milliseconds the segmenter spent turning points or boxes into masks."
     )
     tokens_generated: int = Field(ge=0, description="Number of tokens generated.")
-    prompt_tokens: int = Field(default=0, ge=0, description="Tokens of the prompt (image, regions and text).")
+    prompt_tokens: int = Field(
+        default=0,
+        ge=0,
+        description="Tokens of the prompt: image, regions and text (describe_regions: summed over its regions).",
+    )
     prompt_tokens_reused: int = Field(
         default=0,
         ge=0,

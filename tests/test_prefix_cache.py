@@ -199,3 +199,24 @@ def test_the_store_is_bounded_and_evicts_the_least_recently_used() -> None:
     assert "a" not in off and off.nbytes == 0
     with pytest.raises(ValueError):
         PrefixKVCache(-1)
+
+
+def test_running_out_of_memory_keeping_a_prefix_fails_nothing(small, questions, monkeypatch) -> None:
+    """Keeping a prefix needs device memory; without it the request still answers and the store stops growing."""
+
+    def no_memory(slot: int, length: int):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    with _batcher(small, [p for p, _ in questions], store=64 * 2**20) as batcher:
+        monkeypatch.setattr(batcher.decoder.cache, "read", no_memory)
+        with pytest.warns(RuntimeWarning, match="prefix cache"):
+            outputs = [
+                batcher.submit(_Counting(small, p), max_new_tokens=6, prefix=shared_prefix(small, p, "demo3")).result(
+                    timeout=120
+                )
+                for p, _ in questions[:2]
+            ]
+        stats = batcher.prefix_cache.stats()
+    assert [o.token_ids for o in outputs] == [ids for _, ids in questions[:2]]
+    assert [o.reused_prompt_tokens for o in outputs] == [0, 0]
+    assert stats["max_bytes"] == 0 and stats["prefixes"] == 0

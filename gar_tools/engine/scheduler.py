@@ -46,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, InvalidStateError
@@ -416,9 +417,8 @@ class ContinuousBatcher:
             self._fail(request, exc)
             return
         request.prefilled = end
-        if prefix is not None and end == prefix.length and self.prefix_cache is not None:
-            if prefix.key not in self.prefix_cache:
-                self.prefix_cache.put(prefix.key, self.decoder.cache.read(request.slot, end))
+        if prefix is not None and end == prefix.length:
+            self._store_prefix(request.slot, prefix)
         if logits is None:
             return
         first = int(logits.argmax())  # one host sync per request, at its first token
@@ -427,6 +427,25 @@ class ContinuousBatcher:
         request.times["first_token"] = time.perf_counter()
         if self._deliver(request, [first]) and request.launched < request.max_new_tokens:
             self.decoder.activate(request.slot, first, total)
+
+    def _store_prefix(self, slot: int, prefix: SharedPrefix) -> None:
+        """Keep the K/V of ``prefix``, just prefilled in ``slot``, for later requests (unless kept already). Out of
+        device memory, nothing is kept and the store's bound shrinks to what it holds (with a warning)."""
+        store = self.prefix_cache
+        if store is None or prefix.key in store or not store.fits(prefix.length * self.decoder.cache.bytes_per_token):
+            return
+        try:
+            saved = self.decoder.cache.read(slot, prefix.length)
+        except torch.OutOfMemoryError:
+            warnings.warn(
+                f"out of device memory keeping a prompt prefix: the prefix cache stays at {store.nbytes} bytes "
+                f"(was bounded at {store.max_bytes}); set prefix_cache_bytes / --prefix-cache-mb lower",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            store.max_bytes = store.nbytes
+            return
+        store.put(prefix.key, saved)
 
     def _decode(self) -> None:
         """One decode step for every slot whose sequence still has tokens to launch."""
