@@ -163,6 +163,7 @@ def _model_info(args: argparse.Namespace) -> dict[str, Any]:
         "dtype": str(pipeline.dtype).removeprefix("torch."),
         "build_and_load_s": _STATE["build_and_load_s"],
         **_decode_options(args),
+        "prefix_cache_mb": "engine default" if args.prefix_cache_mb is None else args.prefix_cache_mb,
     }
 
 
@@ -249,14 +250,15 @@ def _old_call(
 def _engine(args: argparse.Namespace, pipeline: Any, **options: Any) -> Any:
     from gar_tools.engine.local import LocalEngine
 
-    return LocalEngine(
-        pipeline=pipeline,
-        max_batch_size=args.max_batch_size,
-        max_queue=max(64, 2 * max(args.concurrency)),
-        max_seq_len=args.max_seq_len,
+    settings: dict[str, Any] = {
+        "max_batch_size": args.max_batch_size,
+        "max_queue": max(64, 2 * max(args.concurrency)),
+        "max_seq_len": args.max_seq_len,
         **_decode_options(args),
-        **options,
-    )
+    }
+    if args.prefix_cache_mb is not None:
+        settings["prefix_cache_bytes"] = int(args.prefix_cache_mb * 2**20)
+    return LocalEngine(pipeline=pipeline, **{**settings, **options})
 
 
 def _run_engine(
@@ -832,6 +834,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--fused-ops", action="store_true", help="the engine's decode step uses fused kernels (CUDA)")
     parser.add_argument("--vision-graphs", action="store_true", help="the engine replays the vision tower (CUDA)")
+    parser.add_argument(
+        "--prefix-cache-mb", type=float, default=None, help="the engine's prefix cache (0: off, whole prefills)"
+    )
     parser.add_argument("--out", default=None, help="also write the JSON to this file (after each comparison)")
     args = parser.parse_args(argv)
     if args.new_tokens is None:

@@ -113,7 +113,7 @@ def test_reused_keys_and_values_are_bit_identical_to_computed_ones(small, questi
     prefix = shared_prefix(small, second, "demo3")
     length = second.input_ids.shape[1]
     caches = []
-    for store, earlier in ((None, []), (64 * 2**20, [first])):
+    for store, earlier in ((1024, []), (64 * 2**20, [first])):  # 1 KiB: splits at the prefix end, keeps nothing
         with _batcher(small, [first, second], store=store, chunk=300) as batcher:
             for prepared in earlier:
                 batcher.submit(
@@ -122,6 +122,7 @@ def test_reused_keys_and_values_are_bit_identical_to_computed_ones(small, questi
             output = batcher.submit(_Counting(small, second), max_new_tokens=1, prefix=prefix).result(timeout=120)
             assert output.token_ids == expected[:1]
             assert output.reused_prompt_tokens == (prefix.length if earlier else 0)
+            assert len(batcher.prefix_cache) == len(earlier)
             cache = batcher.decoder.cache
             caches.append(
                 [

@@ -253,8 +253,9 @@ class LocalEngine(Engine):
             (:func:`read_image`; default :data:`DEFAULT_IMAGE_CACHE_BYTES`, 0 disables it).
         prefix_cache_bytes: bound of the keys and values kept of prompts' image-and-regions prefixes, for later
             questions about the same image and regions (:mod:`gar_tools.model.prefix_cache`); default 256 MiB on
-            CPU, 2 GiB on CUDA (a 17-tile prompt's prefix is about 150 MB at GAR-1B size in bf16); 0 disables it.
-            Answers do not depend on it.
+            CPU, 2 GiB on CUDA (a 17-tile prompt's prefix is about 150 MB at GAR-1B size in bf16). With it on, every
+            prompt is prefilled in two calls split at its prefix end, so an answer never depends on earlier questions;
+            0 disables it, and prompts are prefilled whole.
         segmenter: a SAM-family checkpoint (hub id, folder, ``"tiny-sam"``) or a loaded
             :class:`~gar_tools.segment.segmenter.Segmenter`, to turn points and segment boxes into masks; loaded
             beside GAR, on its device and in its dtype. None: points and segment boxes are refused.

@@ -153,8 +153,9 @@ class ContinuousBatcher:
         prefill_chunk_tokens: prompt tokens prefilled between two decode steps (``None``: whole prompts).
         readback_lag: decode steps that may run before their ids are read on the host (CUDA; CPU reads each).
         retry_after_s: the hint given with :class:`EngineBusyError`.
-        prefix_cache: where shared prefixes' keys and values are kept for later requests (None: not kept; prefill
-            chunks still end at prefix ends, so results do not depend on this).
+        prefix_cache: where shared prefixes' keys and values are kept for later requests. With a store that can keep
+            something, every prefill is split at its request's prefix end (kept, reused or neither: results never
+            depend on earlier requests); None or a 0-byte store: prefixes are ignored, prompts prefilled as before.
     """
 
     def __init__(
@@ -177,6 +178,8 @@ class ContinuousBatcher:
         self.readback_lag = max(1, readback_lag)
         self.retry_after_s = retry_after_s
         self.prefix_cache = prefix_cache
+        # fixed for the scheduler's life, so a request's prefill never depends on what happened before it
+        self._use_prefixes = prefix_cache is not None and prefix_cache.max_bytes > 0
         self._lock = threading.Condition()
         self._queue: deque[_Request] = deque()  # waiting for a slot (guarded by _lock)
         self._slots: list[_Request | None] = [None] * decoder.slots  # running or prefilling (model thread only)
@@ -242,7 +245,7 @@ class ContinuousBatcher:
             on_token,
             future,
             loop=loop if on_token is not None else None,
-            prefix=prefix if prefix is not None and prefix.length >= 1 else None,
+            prefix=prefix if self._use_prefixes and prefix is not None and prefix.length >= 1 else None,
         )
         with self._lock:
             if self._closed:
@@ -394,31 +397,34 @@ class ContinuousBatcher:
             request.reuse = None
 
     def _prefill_one_chunk(self) -> None:
-        """One prefill chunk of the earliest-admitted request still prefilling; its first token when complete."""
+        """One prefill chunk (``prefill_chunk_tokens``, or the whole prompt) of the earliest-admitted request still
+        prefilling; its first token when complete. A chunk that spans the request's prefix end runs as two calls
+        (the prefix, then the rest) with no decode step between them."""
         prefilling = [r for r in self._slots if r is not None and r.embeds is not None and not r.done]
         if not prefilling:
             return
         request = min(prefilling, key=lambda r: r.times["admitted"])
         assert request.embeds is not None
         total = request.prompt_tokens
-        chunk = self.prefill_chunk_tokens or total
-        start = request.prefilled
-        end = min(total, start + chunk)
+        budget_end = min(total, request.prefilled + (self.prefill_chunk_tokens or total))  # this chunk's last + 1
         prefix = request.prefix
-        if prefix is not None and start < prefix.length:
-            end = min(end, prefix.length)  # a chunk ends at the prefix end, whether its K/V are stored or reused
         request.times.setdefault("prefill_start", time.perf_counter())
-        offset = request.embeds_start
-        try:
-            embeds = request.embeds[start - offset : end - offset]  # [end - start, hidden]
-            logits = self.decoder.prefill(request.slot, embeds, start=start, logits=end == total)  # [vocab] at the end
-        except Exception as exc:  # noqa: BLE001
-            self._free(request)
-            self._fail(request, exc)
-            return
-        request.prefilled = end
-        if prefix is not None and end == prefix.length:
-            self._store_prefix(request.slot, prefix)
+        logits = None
+        while request.prefilled < budget_end:
+            start, end = request.prefilled, budget_end
+            if prefix is not None and start < prefix.length:
+                end = min(end, prefix.length)  # a call ends at the prefix end, whether its K/V are stored or reused
+            offset = request.embeds_start
+            try:
+                embeds = request.embeds[start - offset : end - offset]  # [end - start, hidden]
+                logits = self.decoder.prefill(request.slot, embeds, start=start, logits=end == total)  # [vocab]|None
+            except Exception as exc:  # noqa: BLE001
+                self._free(request)
+                self._fail(request, exc)
+                return
+            request.prefilled = end
+            if prefix is not None and end == prefix.length:
+                self._store_prefix(request.slot, prefix)
         if logits is None:
             return
         first = int(logits.argmax())  # one host sync per request, at its first token

@@ -117,6 +117,9 @@ class PrefixKVCache:
     def __contains__(self, key: str) -> bool:
         return key in self._entries
 
+    def __len__(self) -> int:
+        return len(self._entries)
+
     def fits(self, nbytes: int) -> bool:
         """Whether a prefix of ``nbytes`` would be stored."""
         return 0 < nbytes <= self.max_bytes
