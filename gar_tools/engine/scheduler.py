@@ -179,7 +179,7 @@ class ContinuousBatcher:
         self.retry_after_s = retry_after_s
         self.prefix_cache = prefix_cache
         # fixed for the scheduler's life, so a request's prefill never depends on what happened before it
-        self._use_prefixes = prefix_cache is not None and prefix_cache.max_bytes > 0
+        self.uses_prefixes = prefix_cache is not None and prefix_cache.max_bytes > 0
         self._lock = threading.Condition()
         self._queue: deque[_Request] = deque()  # waiting for a slot (guarded by _lock)
         self._slots: list[_Request | None] = [None] * decoder.slots  # running or prefilling (model thread only)
@@ -245,7 +245,7 @@ class ContinuousBatcher:
             on_token,
             future,
             loop=loop if on_token is not None else None,
-            prefix=prefix if self._use_prefixes and prefix is not None and prefix.length >= 1 else None,
+            prefix=prefix if self.uses_prefixes and prefix is not None and prefix.length >= 1 else None,
         )
         with self._lock:
             if self._closed:
