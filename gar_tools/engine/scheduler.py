@@ -6,11 +6,11 @@ One thread owns the model and loops:
 2. admit: the request at the head of the queue gets its embeddings built (its ``build_embeds`` callable, run on
    this thread: vision tower, RoI replay…), and a slot once one is free within ``max_batch_size`` and the KV
    budget (prompt + ``max_new_tokens`` tokens reserved); then one prefill chunk of one request runs — so running
-   sequences never wait for more than one chunk between two decode steps. A request with a
+   sequences never wait for more than one chunk between two decode steps. With a prefix cache, a request with a
    :class:`~gar_tools.model.prefix_cache.SharedPrefix` whose keys and values are stored (an earlier question about
    the same image and regions) builds only the embeddings after it and starts its prefill there; one whose prefix
-   another request is prefilling now waits for it; a prefill chunk always ends at the prefix end, and the prefix
-   is stored then;
+   another request is prefilling now waits for it; every prefill is split at the prefix end (two calls, no decode
+   step between), and the prefix is stored then;
 3. one decode step for every running slot (:meth:`BatchDecoder.step`); a request whose last token is launched
    frees its slot at once;
 4. hand new token ids to their requests as their copies reach the host (every step on CPU; on CUDA when ready,

@@ -6,11 +6,13 @@ image, the regions (the visual-prompt map and the boxes) and the token ids there
 changes from one question to the next. An agent asking several questions about the same regions of one image sends
 the same prefix each time: thousands of tokens (256 per tile), the vision tower and the whole prefill over them.
 
-So the scheduler ends a prefill chunk at the prefix end of every request that has one, stores the keys and values
-of the prefix after that chunk, and a later request with the same :func:`prefix_key` copies them into its slot and
-prefills only its own text. Exactness: the prefix's K/V depend only on the prefix embeddings (causal attention), the
-prefix is prefilled by the same chunks whether its K/V are then stored or not, and the question's chunk starts at
-the same position over the same K/V either way — so a request gives the same ids with a hit as computed alone.
+So the scheduler (:class:`~gar_tools.engine.scheduler.ContinuousBatcher`, given a cache) splits the prefill of every
+request that has a prefix at the prefix end, stores the keys and values of the prefix after that call, and a later
+request with the same :func:`prefix_key` copies them into its slot and prefills only its own text. Exactness: the
+prefix's K/V depend only on the prefix embeddings (causal attention), the prefix is prefilled by the same calls
+whether its K/V are then stored or not, and the question's call starts at the same position over the same K/V
+either way — so a request gives the same ids with a hit as computed alone (tests/test_prefix_cache.py compares the
+K/V bit for bit).
 
 The cache is bounded in bytes and evicts least recently used prefixes; it is meant for the model thread only.
 """
