@@ -19,8 +19,8 @@
 #                                         known-image encode, bf16 batch-1 agreement); if it fails or times out,
 #                                         DATE-serving-DEVICE.partial.json keeps the comparisons it finished
 #   4. DATE-gpu_tests-DEVICE.txt          python -m pytest -q -m gpu tests/ (decoder CUDA graphs and attention
-#                                         variants, split-KV kernels, scheduler, tile cache and vision graphs, RoI
-#                                         replay kernel)
+#                                         variants, split-KV kernels, scheduler, tile cache and vision graphs,
+#                                         prefix K/V reuse, RoI replay kernel)
 #   5. describe_regions, followup_questions (prefix cache on/off), prefill_chunking, roi_replay JSONs (not with
 #      QUICK=1)
 # Then a summary of exit codes. Commit the result files (git add benchmarks/results/) and add README rows.
@@ -101,7 +101,7 @@ case "${STATUS[serving]}" in "rc=0 "*) rm -f "$PARTIAL" ;; *) if [ -n "${OUT:-}"
 if [ "$QUICK" = 1 ]; then  # the GPU tests of the decoder and the tile cache only
     step gpu_tests 70 "$RESULTS/$DATE-gpu_tests-$DEVICE.txt" \
         "$PYTHON" -m pytest -q -m gpu tests/test_decoder.py tests/test_decode_attention.py tests/test_decode_ops.py \
-        tests/test_tile_cache.py \
+        tests/test_tile_cache.py tests/test_prefix_cache.py \
         -p no:cacheprovider -rA
 else
     step gpu_tests 130 "$RESULTS/$DATE-gpu_tests-$DEVICE.txt" \

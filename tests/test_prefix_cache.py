@@ -107,30 +107,47 @@ def test_later_questions_reuse_the_prefix_and_give_the_same_ids(small, questions
     assert stats["prefixes"] == 1 and stats["hits"] == 3 and stats["bytes"] > 0
 
 
-def test_reused_keys_and_values_are_bit_identical_to_computed_ones(small, questions) -> None:
-    """The second question's K/V in its slot, and its first token's id, with the prefix reused vs computed."""
-    (first, _), (second, expected) = questions[0], questions[1]
-    prefix = shared_prefix(small, second, "demo3")
+def _computed_then_reused(pipeline: GarPipeline, first, second) -> list[tuple[list[int], list]]:
+    """The second question alone (its prefill split at the prefix end, nothing kept), then after the first one
+    (its prefix reused): its first token id and its slot's K/V, each time."""
+    prefix = shared_prefix(pipeline, second, "demo3")
     length = second.input_ids.shape[1]
-    caches = []
+    runs = []
     for store, earlier in ((1024, []), (64 * 2**20, [first])):  # 1 KiB: splits at the prefix end, keeps nothing
-        with _batcher(small, [first, second], store=store, chunk=300) as batcher:
+        with _batcher(pipeline, [first, second], store=store, chunk=300) as batcher:
             for prepared in earlier:
                 batcher.submit(
-                    _Counting(small, prepared), max_new_tokens=1, prefix=shared_prefix(small, prepared, "demo3")
+                    _Counting(pipeline, prepared), max_new_tokens=1, prefix=shared_prefix(pipeline, prepared, "demo3")
                 ).result(timeout=120)
-            output = batcher.submit(_Counting(small, second), max_new_tokens=1, prefix=prefix).result(timeout=120)
-            assert output.token_ids == expected[:1]
+            output = batcher.submit(_Counting(pipeline, second), max_new_tokens=1, prefix=prefix).result(timeout=120)
             assert output.reused_prompt_tokens == (prefix.length if earlier else 0)
             assert len(batcher.prefix_cache) == len(earlier)
             cache = batcher.decoder.cache
-            caches.append(
-                [
-                    (k[0, :, :length].clone(), v[0, :, :length].clone())
-                    for k, v in zip(cache.keys, cache.values, strict=True)
-                ]
-            )
-    for (k0, v0), (k1, v1) in zip(*caches, strict=True):
+            pairs = zip(cache.keys, cache.values, strict=True)
+            runs.append((output.token_ids, [(k[0, :, :length].clone(), v[0, :, :length].clone()) for k, v in pairs]))
+    return runs
+
+
+def test_reused_keys_and_values_are_bit_identical_to_computed_ones(small, questions) -> None:
+    (first, _), (second, expected) = questions[0], questions[1]
+    (ids_computed, computed), (ids_reused, reused) = _computed_then_reused(small, first, second)
+    assert ids_computed == ids_reused == expected[:1]
+    for (k0, v0), (k1, v1) in zip(computed, reused, strict=True):
+        assert torch.equal(k0, k1) and torch.equal(v0, v1)
+
+
+@pytest.mark.gpu
+def test_reused_keys_and_values_are_bit_identical_on_cuda_in_bf16(demo3) -> None:
+    """The same on CUDA, bf16, decode steps from CUDA graphs (the tiny model loaded there)."""
+    from gar_tools.model import load
+
+    pipeline = with_max_tiles(load("tiny", device="cuda", dtype="bf16"), 2)
+    image, masks = demo3
+    first, second = (pipeline.prepare(image, masks, q) for q in QUESTIONS[:2])
+    (ids_computed, computed), (ids_reused, reused) = _computed_then_reused(pipeline, first, second)
+    assert ids_computed == ids_reused
+    for (k0, v0), (k1, v1) in zip(computed, reused, strict=True):
+        assert k0.is_cuda and k0.dtype == torch.bfloat16
         assert torch.equal(k0, k1) and torch.equal(v0, v1)
 
 
