@@ -42,7 +42,6 @@ from gar_tools.engine.threads import run_in_fresh_thread, serial_torch_thread
 from gar_tools.errors import GarToolsError, InputError, RegionError
 from gar_tools.images import ImagePolicy, load_image, read_source_bytes
 from gar_tools.inputs import Region, ToolRequest, validation_error_to_input_error
-from gar_tools.model import prefix_cache
 from gar_tools.model.decoder import BatchDecoder, DecodeAttention
 from gar_tools.model.detokenize import TextStream
 from gar_tools.model.modeling import TOKENS_PER_TILE, Geometry
@@ -188,10 +187,7 @@ class _Runtime:
         on_cuda = pipeline.device.type == "cuda"
         slots = settings["max_batch_size"] or (16 if on_cuda else 8)
         chunk = settings["prefill_chunk_tokens"]
-        prefix_bytes = settings["prefix_cache_bytes"]
-        if prefix_bytes is None:
-            prefix_bytes = prefix_cache.DEFAULT_CUDA_BYTES if on_cuda else prefix_cache.DEFAULT_CPU_BYTES
-        self.prefixes = PrefixKVCache(prefix_bytes)
+        self.prefixes = PrefixKVCache(settings["prefix_cache_bytes"], device=pipeline.device)
         self.pipeline = pipeline
         attention = settings["decode_attention"]
         self.decoder = BatchDecoder(
@@ -253,7 +249,8 @@ class LocalEngine(Engine):
             (:func:`read_image`; default :data:`DEFAULT_IMAGE_CACHE_BYTES`, 0 disables it).
         prefix_cache_bytes: bound of the keys and values kept of prompts' image-and-regions prefixes, for later
             questions about the same image and regions (:mod:`gar_tools.model.prefix_cache`); default 256 MiB on
-            CPU, 2 GiB on CUDA (a 17-tile prompt's prefix is about 150 MB at GAR-1B size in bf16). With it on, every
+            CPU, 2 GiB on CUDA (a 17-tile prompt's prefix is about 150 MB at GAR-1B size in bf16, by the arithmetic in
+            :mod:`gar_tools.model.prefix_cache`). With it on, every
             prompt is prefilled in two calls split at its prefix end, so an answer never depends on earlier questions;
             0 disables it, and prompts are prefilled whole.
         segmenter: a SAM-family checkpoint (hub id, folder, ``"tiny-sam"``) or a loaded
@@ -601,8 +598,8 @@ class LocalEngine(Engine):
         digest, image_tiles = await self._off_loop(self._image_tiles, runtime, image, digest)  # once for all regions
         total = len(outcomes)
         items: list[RegionDescription | None] = [None] * total
-        stats = {"encode_ms": 0.0, "prefill_ms": 0.0, "queue_ms": 0.0, "tokens": 0, "prompt_tokens": 0}
-        stats["prompt_tokens_reused"] = 0
+        summed = ("encode_ms", "prefill_ms", "queue_ms", "tokens", "prompt_tokens", "prompt_tokens_reused")
+        stats = dict.fromkeys(summed, 0.0)
         done = 0
 
         async def finished(item: RegionDescription) -> None:

@@ -39,9 +39,11 @@ __all__ = [
     "DEFAULT_CUDA_BYTES",
 ]
 
-#: Default bound on CPU: 256 MiB (thousands of prefixes with the tiny model; GAR-1B in fp32, 300 MB each, none).
+# Sizes by arithmetic: a GAR-1B token's K/V is 16 layers × 2 × 8 KV heads × 64 dims = 16 k values (32 KiB in bf16),
+# so the ~4.7 k-token prefix of a 17-tile prompt takes ~150 MB in bf16 and ~300 MB in fp32; the tiny model's, ~2.4 MB.
+#: Default bound on CPU: 256 MiB (about a hundred tiny-model prefixes; no GAR-1B prefix in fp32 fits).
 DEFAULT_CPU_BYTES = 256 * 2**20
-#: Default bound on CUDA: 2 GiB (13 prefixes of 17-tile prompts at GAR-1B size in bf16, 150 MB each).
+#: Default bound on CUDA: 2 GiB (13 prefixes of 17-tile prompts at GAR-1B size in bf16).
 DEFAULT_CUDA_BYTES = 2 * 2**30
 
 #: Keys and values of a prefix, per layer: ``[kv_heads, length, head_dim]`` each.
@@ -103,10 +105,15 @@ class PrefixKVCache:
     """LRU, byte-bounded store of prefix keys and values, by :func:`prefix_key`.
 
     Args:
-        max_bytes: bound on the bytes held; 0 stores nothing. A prefix larger than the bound is not stored.
+        max_bytes: bound on the bytes held (default: :data:`DEFAULT_CPU_BYTES`, or :data:`DEFAULT_CUDA_BYTES` when
+            ``device`` is CUDA); 0 stores nothing. A prefix larger than the bound is not stored.
+        device: where the model runs (picks the default bound), as for the tile cache.
     """
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int | None = None, *, device: torch.device | str | None = None) -> None:
+        if max_bytes is None:
+            on_cuda = device is not None and torch.device(device).type == "cuda"
+            max_bytes = DEFAULT_CUDA_BYTES if on_cuda else DEFAULT_CPU_BYTES
         if max_bytes < 0:
             raise ValueError("max_bytes must be >= 0")
         self.max_bytes = int(max_bytes)
