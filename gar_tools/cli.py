@@ -239,6 +239,31 @@ def _add_serving_options(parser: argparse.ArgumentParser) -> None:
         "--max-queue", type=int, default=64, metavar="N", help="requests waiting at once; more are refused as busy (64)"
     )
     group.add_argument(
+        "--prefill-chunk-tokens",
+        default=None,
+        metavar="N|auto",
+        help="prompt tokens prefilled between two decode steps, so running requests wait less for a new one's long "
+        "prompt (default auto: whole prompts, the fastest on CPU and on an H200)",
+    )
+    group.add_argument(
+        "--decode-attention",
+        choices=["auto", "sdpa", "matmul", "triton"],
+        default=None,
+        help="a decode step's attention over the KV cache (default auto: sdpa; triton: split-KV kernel, CUDA)",
+    )
+    group.add_argument(
+        "--fused-ops",
+        action="store_true",
+        default=None,
+        help="fused Triton kernels for each decode layer's element-wise work (CUDA; off by default)",
+    )
+    group.add_argument(
+        "--vision-graphs",
+        action="store_true",
+        default=None,
+        help="replay the vision tower's tile chunks from CUDA graphs (CUDA; off by default)",
+    )
+    group.add_argument(
         "--tile-cache-mb",
         type=float,
         default=None,
@@ -263,32 +288,11 @@ def _add_serving_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"dtype": args.dtype, "device": args.device, "geometry": args.geometry}
-    if getattr(args, "segmenter", None) is not None:
-        kwargs["segmenter"] = args.segmenter
-    for name in ("max_batch_size", "kv_budget_tokens"):
-        value = getattr(args, name, None)
-        if value is not None:
-            if value < 1:
-                raise InputError(f"must be at least 1, got {value}", field=f"--{name.replace('_', '-')}")
-            kwargs[name] = value
-    if hasattr(args, "max_queue"):
-        if args.max_queue < 0:
-            raise InputError(f"must be 0 or more, got {args.max_queue}", field="--max-queue")
-        kwargs["max_queue"] = args.max_queue
-    if getattr(args, "tile_cache_mb", None) is not None:
-        if args.tile_cache_mb < 0:
-            raise InputError(f"must be 0 or more, got {args.tile_cache_mb}", field="--tile-cache-mb")
-        kwargs["tile_cache_bytes"] = int(args.tile_cache_mb * 2**20)
-    if getattr(args, "image_cache_mb", None) is not None:
-        if args.image_cache_mb < 0:
-            raise InputError(f"must be 0 or more, got {args.image_cache_mb}", field="--image-cache-mb")
-        kwargs["image_cache_bytes"] = int(args.image_cache_mb * 2**20)
-    if getattr(args, "prefix_cache_mb", None) is not None:
-        if args.prefix_cache_mb < 0:
-            raise InputError(f"must be 0 or more, got {args.prefix_cache_mb}", field="--prefix-cache-mb")
-        kwargs["prefix_cache_bytes"] = int(args.prefix_cache_mb * 2**20)
-    return kwargs
+    """The local engine's keyword arguments from the flags this command has (checked, errors name the flag)."""
+    from gar_tools.servers.settings import ENGINE_OPTIONS, local_engine_kwargs
+
+    given = {name: getattr(args, name) for name in ENGINE_OPTIONS if hasattr(args, name)}
+    return local_engine_kwargs(given, field=lambda name: "--" + name.replace("_", "-"))
 
 
 def _add_region_options(parser: argparse.ArgumentParser, spec: ToolSpec) -> None:
@@ -576,6 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_policy_options(ray_serve)
     _add_model_options(ray_serve)
     _add_serving_options(ray_serve)
+    _add_segmenter_option(ray_serve)
     ray_serve.set_defaults(handler=_ray_serve)
     return parser
 

@@ -41,7 +41,14 @@ from gar_tools.engine.allocator import tune_allocator
 from gar_tools.engine.http import error_payload
 from gar_tools.errors import EngineError, GarToolsError, InputError
 from gar_tools.servers.common import is_loopback
-from gar_tools.servers.settings import WorkerSettings, server_policy, token_from_env
+from gar_tools.servers.settings import (
+    ENGINE_OPTIONS,
+    WorkerSettings,
+    local_engine_kwargs,
+    parse_bool,
+    server_policy,
+    token_from_env,
+)
 from gar_tools.servers.worker_app import create_worker_app
 from gar_tools.toolkit import coerce_request
 
@@ -258,9 +265,6 @@ def build_app(settings: RayServeSettings) -> Application:
 _BUILDER_KEYS = frozenset(
     {
         "model",
-        "dtype",
-        "device",
-        "geometry",
         "allow_dirs",
         "allow_urls",
         "token_env",
@@ -271,29 +275,23 @@ _BUILDER_KEYS = frozenset(
         "num_gpus",
         "num_cpus",
         "max_ongoing_requests",
+        *ENGINE_OPTIONS,
     }
 )
-
-
-def _as_bool(value: Any, name: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise InputError(f"expected true or false, got {value!r}", field=name)
 
 
 def app_builder(args: Mapping[str, Any] | None = None) -> Application:
     """The application for a Serve config file (``import_path: gar_tools.servers.ray_app:app_builder``).
 
-    ``args`` (all optional): ``model``, ``dtype``, ``device``, ``geometry``, ``allow_dirs`` (a list of folders),
-    ``allow_urls``, ``token_env`` (an environment variable holding the bearer token, read where the application
-    is built), ``preload``, ``replicas``, ``autoscale`` (``"MIN:MAX"``), ``target_ongoing_requests``, ``num_gpus``,
-    ``num_cpus``, ``max_ongoing_requests``. Settings under the config file's ``deployments:`` entry for
-    ``GarWorker`` (``num_replicas``, ``autoscaling_config``, ``ray_actor_options`` …) override these.
+    ``args`` (all optional): ``model``, ``allow_dirs`` (a list of folders), ``allow_urls``, ``token_env`` (an
+    environment variable holding the bearer token, read where the application is built), ``preload``, ``replicas``,
+    ``autoscale`` (``"MIN:MAX"``), ``target_ongoing_requests``, ``num_gpus``, ``num_cpus``,
+    ``max_ongoing_requests``, and every replica's engine options, named as the CLI's flags
+    (:data:`~gar_tools.servers.settings.ENGINE_OPTIONS`: ``dtype``, ``device``, ``geometry``, ``segmenter``,
+    ``max_batch_size``, ``kv_budget_tokens``, ``max_queue``, ``prefill_chunk_tokens``, ``decode_attention``,
+    ``fused_ops``, ``vision_graphs``, ``tile_cache_mb``, ``image_cache_mb``, ``prefix_cache_mb``). Settings under
+    the config file's ``deployments:`` entry for ``GarWorker`` (``num_replicas``, ``autoscaling_config``,
+    ``ray_actor_options`` …) override these.
     """
     args = dict(args or {})
     unknown = sorted(set(args) - _BUILDER_KEYS)
@@ -302,13 +300,12 @@ def app_builder(args: Mapping[str, Any] | None = None) -> Application:
     allow_dirs = args.get("allow_dirs") or []
     if isinstance(allow_dirs, str):
         allow_dirs = [allow_dirs]
-    engine_kwargs = {"dtype": args.get("dtype"), "device": args.get("device")}
-    engine_kwargs["geometry"] = args.get("geometry", "checkpoint")
+    engine_kwargs = local_engine_kwargs({name: args[name] for name in ENGINE_OPTIONS if name in args})
     worker = WorkerSettings(
         model=str(args.get("model", "tiny")),
-        policy=server_policy(allow_dirs, allow_urls=_as_bool(args.get("allow_urls", False), "allow_urls")),
+        policy=server_policy(allow_dirs, allow_urls=parse_bool(args.get("allow_urls", False), "allow_urls")),
         engine_kwargs=engine_kwargs,
-        preload=_as_bool(args.get("preload", True), "preload"),
+        preload=parse_bool(args.get("preload", True), "preload"),
         token=token_from_env(args.get("token_env")),
     )
     autoscale = args.get("autoscale")

@@ -1,21 +1,32 @@
 """What the servers are configured with: plain dataclasses the CLI fills in (no server framework imported here).
 
 :func:`server_policy` is the image policy of a server: its allowed folders plus the bundled examples.
+:func:`local_engine_kwargs` turns the local engine's options (CLI flags, a Serve config file's ``args``) into
+:class:`~gar_tools.engine.local.LocalEngine` keyword arguments, checked once, here.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from gar_tools.catalog import ASSETS_DIR
-from gar_tools.errors import GarToolsError
+from gar_tools.errors import GarToolsError, InputError
 from gar_tools.images import ImagePolicy
 
-__all__ = ["ServeSettings", "WorkerSettings", "default_max_body_bytes", "server_policy", "token_from_env"]
+__all__ = [
+    "ENGINE_OPTIONS",
+    "ServeSettings",
+    "WorkerSettings",
+    "default_max_body_bytes",
+    "local_engine_kwargs",
+    "parse_bool",
+    "server_policy",
+    "token_from_env",
+]
 
 BODY_ALLOWANCE_BYTES = 4 * 2**20
 """What a worker request body may hold beyond the base64 of one largest image: masks, regions, the question."""
@@ -52,6 +63,95 @@ def token_from_env(name: str | None) -> str | None:
     return value
 
 
+def parse_bool(value: Any, name: str) -> bool:
+    """``value`` as a bool (``true``/``false``, ``yes``/``no``, ``on``/``off``, ``1``/``0`` as text too)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise InputError(f"expected true or false, got {value!r}", field=name)
+
+
+def _integer(value: Any, name: str, least: int) -> int:
+    number = None
+    if isinstance(value, (int, str)) and not isinstance(value, bool):
+        try:
+            number = int(value)
+        except ValueError:
+            pass
+    if number is None or number < least:
+        raise InputError(f"expected a whole number of at least {least}, got {value!r}", field=name)
+    return number
+
+
+def _megabytes(value: Any, name: str) -> int:
+    mb = None
+    if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        try:
+            mb = float(value)
+        except ValueError:
+            pass
+    if mb is None or not 0 <= mb < float("inf"):
+        raise InputError(f"expected a size in MB, 0 or more, got {value!r}", field=name)
+    return int(mb * 2**20)
+
+
+def _choice(allowed: tuple[str, ...]) -> Callable[[Any, str], str]:
+    def check(value: Any, name: str) -> str:
+        if str(value) not in allowed:
+            raise InputError(f"expected one of {', '.join(allowed)}, got {value!r}", field=name)
+        return str(value)
+
+    return check
+
+
+def _chunk_tokens(value: Any, name: str) -> int | str:
+    return "auto" if str(value) == "auto" else _integer(value, name, 1)
+
+
+#: The local engine's options, by the name servers and Serve config files use: (its keyword argument, how the
+#: value is read and checked). Sizes are in MB here and in bytes for the engine.
+ENGINE_OPTIONS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
+    "dtype": ("dtype", _choice(("bf16", "fp16", "fp32"))),
+    "device": ("device", lambda value, name: str(value)),
+    "geometry": ("geometry", _choice(("checkpoint", "paper"))),
+    "segmenter": ("segmenter", lambda value, name: str(value)),
+    "max_batch_size": ("max_batch_size", lambda value, name: _integer(value, name, 1)),
+    "kv_budget_tokens": ("kv_budget_tokens", lambda value, name: _integer(value, name, 1)),
+    "max_queue": ("max_queue", lambda value, name: _integer(value, name, 0)),
+    "prefill_chunk_tokens": ("prefill_chunk_tokens", _chunk_tokens),
+    "decode_attention": ("decode_attention", _choice(("auto", "sdpa", "matmul", "triton"))),
+    "fused_ops": ("decode_fused_ops", parse_bool),
+    "vision_graphs": ("vision_cuda_graphs", parse_bool),
+    "tile_cache_mb": ("tile_cache_bytes", _megabytes),
+    "image_cache_mb": ("image_cache_bytes", _megabytes),
+    "prefix_cache_mb": ("prefix_cache_bytes", _megabytes),
+}
+
+
+def local_engine_kwargs(options: Mapping[str, Any], *, field: Callable[[str], str] = str) -> dict[str, Any]:
+    """:class:`~gar_tools.engine.local.LocalEngine` keyword arguments from :data:`ENGINE_OPTIONS` names.
+
+    An option that is absent or None is left to the engine's default. ``field`` names an option in errors (the
+    CLI's ``--max-batch-size``, a config file's ``max_batch_size``).
+
+    Raises:
+        InputError: an unknown option, or a value that is not allowed (naming it and what is).
+    """
+    kwargs: dict[str, Any] = {}
+    for name, value in options.items():
+        if name not in ENGINE_OPTIONS:
+            raise InputError(f"unknown engine option; allowed: {', '.join(ENGINE_OPTIONS)}", field=field(name))
+        if value is None:
+            continue
+        keyword, read = ENGINE_OPTIONS[name]
+        kwargs[keyword] = read(value, field(name))
+    return kwargs
+
+
 @dataclass(frozen=True)
 class ServeSettings:
     """How ``gar-tools serve`` runs the tools over MCP.
@@ -61,7 +161,7 @@ class ServeSettings:
         model: the model a local engine loads (``"tiny"``: random weights, meaningless text).
         policy: which images and masks callers may pass (allowed folders, URLs, size limits).
         worker_token: bearer token for the worker (http engine).
-        engine_kwargs: ``dtype``, ``device``, ``geometry`` for a local engine.
+        engine_kwargs: keyword arguments of a local engine (:func:`local_engine_kwargs`).
         preload: start the engine (load a local model) when the server starts, in the background, rather than
             on the first call.
         transport: ``"stdio"`` or ``"http"`` (streamable HTTP at ``path``).
@@ -96,7 +196,7 @@ class WorkerSettings:
     Attributes:
         model: the model to serve (``"tiny"`` — random weights, meaningless text —, a folder or a hub id).
         policy: which images and masks callers may pass.
-        engine_kwargs: ``dtype``, ``device``, ``geometry`` for the local engine.
+        engine_kwargs: keyword arguments of the local engine (:func:`local_engine_kwargs`).
         preload: load the model at startup, before the server accepts requests.
         host, port: where it listens.
         token: bearer token clients must send (None: no token).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -121,6 +122,53 @@ def test_cache_sizes_reach_the_engine() -> None:
     kwargs = _engine_kwargs(args)
     assert kwargs["tile_cache_bytes"] == 64 * 2**20 and kwargs["image_cache_bytes"] == 2**19
     assert kwargs["prefix_cache_bytes"] == 0
+
+
+def test_serving_flags_reach_the_engine(tiny_pipeline) -> None:
+    from gar_tools.cli import _engine_kwargs, build_parser
+    from gar_tools.engine.local import LocalEngine
+
+    flags = ["--max-batch-size", "3", "--kv-budget-tokens", "30000", "--max-queue", "5"]
+    flags += ["--prefill-chunk-tokens", "1024", "--decode-attention", "matmul", "--fused-ops", "--vision-graphs"]
+    flags += ["--prefix-cache-mb", "0", "--tile-cache-mb", "1"]
+    args = build_parser().parse_args(["worker", "--device", "cpu", *flags])
+    kwargs = _engine_kwargs(args)
+    assert kwargs["prefill_chunk_tokens"] == 1024 and kwargs["decode_attention"] == "matmul"
+    assert kwargs["decode_fused_ops"] is True and kwargs["vision_cuda_graphs"] is True
+    engine = LocalEngine(pipeline=tiny_pipeline, **{k: v for k, v in kwargs.items() if k not in ("dtype", "device")})
+    try:  # every keyword is one LocalEngine takes, and the running engine uses what was asked
+
+        async def started():  # noqa: ANN202
+            await engine.start()
+            return await engine.info()
+
+        info = asyncio.run(started())
+        runtime = engine._ready()  # noqa: SLF001 - the decode options are not in info()
+        decoder, tiles = runtime.decoder, runtime.tiles
+        assert (decoder.attention, decoder.fused_ops, tiles.cuda_graphs) == ("matmul", True, True)
+        assert runtime.batcher.prefill_chunk_tokens == 1024
+    finally:
+        engine.close()
+    assert (info.max_batch_size, info.kv_budget_tokens, info.max_queue) == (3, 30000, 5)
+    assert info.prefix_cache_max_bytes == 0 and info.tile_cache_max_bytes == 2**20
+    defaults = _engine_kwargs(build_parser().parse_args(["worker"]))
+    assert not {"decode_fused_ops", "vision_cuda_graphs", "decode_attention", "prefill_chunk_tokens"} & set(defaults)
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--prefill-chunk-tokens", "lots"],
+        ["--prefill-chunk-tokens", "0"],
+        ["--max-batch-size", "0"],
+        ["--kv-budget-tokens", "-5"],
+        ["--max-queue", "-1"],
+        ["--tile-cache-mb", "nan"],
+    ],
+)
+def test_bad_serving_flags_are_named(flags: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["worker", *flags]) == 2
+    assert flags[0] in capsys.readouterr().err
 
 
 def test_python_dash_m_gar_tools_runs_the_cli() -> None:

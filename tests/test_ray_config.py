@@ -53,6 +53,46 @@ def test_serve_accepts_a_ray_engine_and_rejects_others(capsys: pytest.CaptureFix
     assert "ray[://APP]" in capsys.readouterr().err
 
 
+def test_engine_options_from_a_config_file_are_read_and_checked() -> None:
+    from gar_tools.servers.settings import local_engine_kwargs
+
+    # a YAML file gives ints and bools; `serve run … key=value` and environment-filled values give text
+    given = {"max_batch_size": "12", "fused_ops": "true", "vision_graphs": False, "prefix_cache_mb": "0.5"}
+    given |= {"prefill_chunk_tokens": "auto", "decode_attention": "triton", "dtype": "bf16", "segmenter": None}
+    assert local_engine_kwargs(given) == {
+        "max_batch_size": 12,
+        "decode_fused_ops": True,
+        "vision_cuda_graphs": False,
+        "prefix_cache_bytes": 2**19,
+        "prefill_chunk_tokens": "auto",
+        "decode_attention": "triton",
+        "dtype": "bf16",
+    }
+    bad = [
+        ("max_batch_size", 0),
+        ("max_batch_size", 2.5),
+        ("max_batch_size", True),
+        ("kv_budget_tokens", "many"),
+        ("max_queue", -1),
+        ("tile_cache_mb", -1),
+        ("image_cache_mb", "inf"),
+        ("prefix_cache_mb", [1]),
+        ("fused_ops", "maybe"),
+        ("decode_attention", "flash"),
+        ("dtype", "fp8"),
+        ("geometry", "upstream"),
+        ("prefill_chunk_tokens", 0),
+        ("max_batch", 8),
+    ]
+    for name, value in bad:
+        with pytest.raises(InputError) as caught:
+            local_engine_kwargs({name: value})
+        assert caught.value.field == name, (name, value)
+    with pytest.raises(InputError) as caught:
+        local_engine_kwargs({"max_queue": -1}, field=lambda name: f"args.{name}")
+    assert caught.value.field == "args.max_queue"
+
+
 # --- with ray installed ----------------------------------------------------------------------------------------------
 
 
@@ -93,6 +133,18 @@ def test_the_example_serve_config_builds(monkeypatch: pytest.MonkeyPatch) -> Non
     assert deployment.init_args[0].token == "t0k" and deployment.init_args[0].model == "HaochenWang/GAR-8B"
     with pytest.raises(InputError, match="no_such"):
         ray_app.app_builder({"no_such": 1})
+    options = {"max_batch_size": 4, "prefix_cache_mb": 0, "decode_attention": "matmul", "segmenter": "tiny-sam"}
+    worker = ray_app.app_builder({"device": "cpu", **options})._bound_deployment.init_args[0]
+    assert worker.engine_kwargs == {
+        "device": "cpu",
+        "max_batch_size": 4,
+        "prefix_cache_bytes": 0,
+        "decode_attention": "matmul",
+        "segmenter": "tiny-sam",
+    }
+    with pytest.raises(InputError) as caught:
+        ray_app.app_builder({"max_batch_size": 0})
+    assert caught.value.field == "max_batch_size"
 
 
 def test_ray_serve_rejects_bad_scaling_before_starting_ray(capsys: pytest.CaptureFixture[str]) -> None:
