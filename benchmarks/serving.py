@@ -12,10 +12,12 @@
   ``describe_regions`` call vs 16 ``describe_region`` calls one after another, same engine, same ``max_new_tokens``
   (each call's text is checked equal to the matching region's). Target: ≥ 4× faster. On CUDA, without ``--model``,
   it runs a random-weight checkpoint of the ``gar-1b`` size preset (GAR-1B's real dimensions) in bf16.
-  Measured on CPU (tiny, fp32, idle 2 cores, ``benchmarks/results/2026-11-27-describe_regions-cpu-tiny-run2.json``):
-  1.19× at 8 new tokens, 1.84× at 128 — each region still needs its own vision pass (thumbnail and touched tiles
+  Both start with the image known and no region's prompt prefix stored (the prefix cache is cleared before each).
+  Measured on CPU (tiny, fp32, idle 2 cores, ``benchmarks/results/2026-11-27-describe_regions-cpu-tiny-run3.json``):
+  1.08× at 8 new tokens, 1.89× at 128 — each region still needs its own vision pass (thumbnail and touched tiles
   with its mask) and its own whole prefill (the thumbnail leads the prompt, so no prefix is shared); only decoding
-  is batched, so the 4× target is not met on CPU.
+  is batched. The JSON gives that per-region work (``describe_region_x16_prefill_ms``, ``_encode_ms``): sequential
+  time over it bounds any batching (1.23× at 8 tokens, 3.9× at 128 on this CPU), so the 4× target is not met here.
 
 - ``prefill_chunking``: one 17-tile-sized prompt prefilled whole vs in 2048- and 1024-token chunks.
 
@@ -764,7 +766,7 @@ def describe_regions(args: argparse.Namespace) -> dict[str, Any]:
             # no region's prompt prefix kept. Without forgetting the prefixes, the describe_regions call would
             # reuse the K/V its regions' describe_region calls just stored (and the second round all of them).
             prefixes = engine._ready().prefixes  # noqa: SLF001 - the comparison needs the engine's prefix cache
-            one_by_one, together, equal, reused = [], [], True, 0
+            one_by_one, together, equal, reused, prefill, encode = [], [], True, 0, [], []
             for _ in range(args.iters):
                 prefixes.clear()
                 start = time.perf_counter()
@@ -776,6 +778,8 @@ def describe_regions(args: argparse.Namespace) -> dict[str, Any]:
                 together.append((time.perf_counter() - start) * 1000)
                 equal = equal and [d.text for d in result.descriptions] == [r.text for r in alone]
                 reused += result.timings.prompt_tokens_reused + sum(r.timings.prompt_tokens_reused for r in alone)
+                prefill.append(sum(r.timings.prefill_ms for r in alone))
+                encode.append(sum(r.timings.encode_ms for r in alone))
             info = toolkit.info()
             return {
                 "image": "demo_image_3.png (640x427)",
@@ -792,6 +796,12 @@ def describe_regions(args: argparse.Namespace) -> dict[str, Any]:
                 "speedup": round(statistics.median(one_by_one) / statistics.median(together), 2),
                 "texts_equal": equal,
                 "prompt_tokens_reused": reused,  # 0: no prompt prefix came from an earlier call
+                # the 16 prefills of the one-by-one calls: work the one call repeats on the model thread whatever
+                # it batches, so sequential time / this bounds the speedup; each region's encoding (prepare, its
+                # vision pass on the thumbnail and touched tiles) is repeated too, but prepare can overlap
+                "describe_region_x16_prefill_ms": round(statistics.median(prefill), 1),
+                "describe_region_x16_encode_ms": round(statistics.median(encode), 1),
+                "speedup_bound_by_prefill": round(statistics.median(one_by_one) / statistics.median(prefill), 2),
             }
         finally:
             toolkit.close()
