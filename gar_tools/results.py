@@ -230,5 +230,18 @@ class ModelInfo(BaseModel):
     )
     prefix_cache_max_bytes: int | None = Field(default=None, description="Bound of the kept prompt prefixes.")
     tile_cache_bytes: int | None = Field(default=None, description="Memory the tile-feature cache holds now.")
+    prefill_chunk_tokens: int | None = Field(
+        default=None, description="Prompt tokens prefilled between two decode steps; null: whole prompts."
+    )
+    decode_cuda_graphs: bool | None = Field(default=None, description="Whether decode steps replay CUDA graphs.")
+    decode_attention: str | None = Field(
+        default=None, description="A decode step's attention over the KV cache: 'sdpa', 'matmul' or 'triton'."
+    )
+    decode_fused_ops: bool | None = Field(
+        default=None, description="Whether decode layers run their element-wise work in fused Triton kernels."
+    )
+    vision_cuda_graphs: bool | None = Field(
+        default=None, description="Whether the vision tower's tile chunks replay CUDA graphs."
+    )
     queued: int | None = Field(default=None, description="Requests waiting now.")
     running: int | None = Field(default=None, description="Requests generating now.")
