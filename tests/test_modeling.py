@@ -9,6 +9,8 @@ import torch
 import torchvision
 from PIL import Image
 
+from gar_tools.model.modeling import decode_prompt_map
+
 
 def _upstream_replay(features: torch.Tensor, grid: tuple[int, int], box: list[float], geometry: str) -> torch.Tensor:
     """What upstream computes for one region: merge tiles, feature-unit box, roi_align(spatial_scale=1/28)."""
@@ -35,6 +37,28 @@ def test_tile_without_mask_pixels_gets_exactly_the_no_mask_features(tiny_pipelin
             assert not torch.equal(with_mask[tile], without[tile]), tile
         else:
             assert torch.equal(with_mask[tile], without[tile]), tile
+
+
+def test_cpu_mask_embeddings_of_background_tiles_are_skipped_exactly(tiny_pipeline, demo1) -> None:
+    """On the CPU only tiles with a region pixel are convolved; the rest get zeros — bit for bit (signs of zero
+    included) what decoding and convolving every tile gives, for real maps and for odd values."""
+    image, mask = demo1
+    model = tiny_pipeline.model
+    prompts = tiny_pipeline.prepare(image, [mask]).prompt_pixel_values.clone()  # [1 + T, 3, 448, 448]
+    background = float(prompts[..., 0, 0].max())  # 5 (no region), normalized
+    odd = torch.full_like(prompts[:6], background)
+    odd[0, :, 7, 9] = float("nan")  # decodes as a region pixel, as upstream's round/clamp does
+    odd[1, :, 100, 3] = -3.0  # below the range: clamped to 0, a region pixel
+    odd[2] = 1.0  # above the background value everywhere: clamped to 5, no region
+    odd[3, :, 447, 447] = -1.0  # one pixel of region 0 in a corner
+    odd[4, :, :, 200:] = 1.0  # background and values above it: no region
+    for tiles in (prompts, odd, torch.full_like(prompts[:3], background), prompts[:1]):
+        first = tiles[:, :1]
+        expected = model._mask_patch_embeddings(first).flatten(2).transpose(1, 2)  # every tile, as on CUDA
+        got = model.mask_embeddings(tiles)
+        assert torch.equal(got, expected) and torch.equal(torch.signbit(got), torch.signbit(expected))
+    skipped = decode_prompt_map(odd[:, :1].amin(dim=(1, 2, 3)), 5).tolist()
+    assert skipped == [1.0, 1.0, 0.0, 1.0, 0.0, 0.0]
 
 
 def test_mask_embedding_is_added_after_patch_embedding(tiny_pipeline, demo1, monkeypatch) -> None:
