@@ -96,7 +96,7 @@ class GarModel(nn.Module):
         """Mask patch embeddings [N, patches, vision_dim] of the visual-prompt tiles [N, 3, 448, 448].
 
         On the CPU only the tiles with a region pixel are decoded and convolved (most tiles of an image have none:
-        for a 17-tile image that was ~40 % of the vision pass): decoding is monotone in the value, so a tile whose
+        for a new 17-tile image that was a third of the vision pass): decoding is monotone in the value, so a tile whose
         smallest value decodes as background is background everywhere, and its embedding — the bias-free
         convolution of zeros — is exactly 0 (the tests compare with the whole computation bit for bit). On CUDA
         every tile goes through the same kernels, as the vision CUDA graphs capture it (no data-dependent shapes).
