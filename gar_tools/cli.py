@@ -295,6 +295,18 @@ def _engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return local_engine_kwargs(given, field=lambda name: "--" + name.replace("_", "-"))
 
 
+def _local_engine_flags_given(args: argparse.Namespace) -> list[str]:
+    """The local engine's flags given other than --model and --segmenter (noted apart), e.g. ["--fused-ops"]."""
+    from gar_tools.servers.settings import ENGINE_OPTIONS
+
+    defaults = {"geometry": "checkpoint", "max_queue": 64}
+    return [
+        "--" + name.replace("_", "-")
+        for name in ENGINE_OPTIONS
+        if name != "segmenter" and getattr(args, name, None) not in (None, defaults.get(name))
+    ]
+
+
 def _add_region_options(parser: argparse.ArgumentParser, spec: ToolSpec) -> None:
     count = "one region" if spec.single_region else f"{spec.min_regions}–{spec.max_regions} regions; repeat"
     parser.set_defaults(regions=[])
@@ -822,6 +834,12 @@ def _serve(args: argparse.Namespace) -> None:
     if engine.lower() != "local" and args.segmenter is not None:
         print(
             "gar-tools serve: note: --segmenter is ignored with --engine URL (start the worker with --segmenter)",
+            file=sys.stderr,
+        )
+    if engine.lower() != "local" and (given := _local_engine_flags_given(args)):
+        print(
+            f"gar-tools serve: note: {', '.join(given)}: options of a local engine, ignored with --engine URL (give "
+            "them to the worker or the Ray application)",
             file=sys.stderr,
         )
     if args.transport == "stdio" and args.token_env is not None:

@@ -153,6 +153,15 @@ def test_serving_flags_reach_the_engine(tiny_pipeline) -> None:
     assert not {"decode_fused_ops", "vision_cuda_graphs", "decode_attention", "prefill_chunk_tokens"} & set(defaults)
 
 
+def test_serve_names_the_local_engine_flags_a_remote_engine_ignores() -> None:
+    from gar_tools.cli import _local_engine_flags_given, build_parser
+
+    parser = build_parser()
+    assert _local_engine_flags_given(parser.parse_args(["serve", "--engine", "http://h:1"])) == []
+    given = parser.parse_args(["serve", "--engine", "http://h:1", "--fused-ops", "--max-queue", "9", "--dtype", "bf16"])
+    assert _local_engine_flags_given(given) == ["--dtype", "--max-queue", "--fused-ops"]
+
+
 @pytest.mark.parametrize(
     "flags",
     [
