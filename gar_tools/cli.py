@@ -283,7 +283,7 @@ def _add_serving_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="MB",
         help="bound of the keys and values kept of prompts' image and regions, for later questions about the same "
-        "image and regions (default 256 on CPU, 2048 on CUDA; 0: off)",
+        "image and regions (default 1024 on CPU, 2048 on CUDA; 0: off)",
     )
 
 

@@ -108,20 +108,20 @@ def test_later_questions_reuse_the_prefix_and_give_the_same_ids(small, questions
 
 
 def _computed_then_reused(pipeline: GarPipeline, first, second) -> list[tuple[list[int], list]]:
-    """The second question alone (its prefill split at the prefix end, nothing kept), then after the first one
-    (its prefix reused): its first token id and its slot's K/V, each time."""
+    """The second question alone (its prefill split at the prefix end, computed), then after the first one (its
+    prefix reused): its first token id and its slot's K/V, each time."""
     prefix = shared_prefix(pipeline, second, "demo3")
     length = second.input_ids.shape[1]
     runs = []
-    for store, earlier in ((1024, []), (64 * 2**20, [first])):  # 1 KiB: splits at the prefix end, keeps nothing
-        with _batcher(pipeline, [first, second], store=store, chunk=300) as batcher:
+    for earlier in ([], [first]):
+        with _batcher(pipeline, [first, second], store=64 * 2**20, chunk=300) as batcher:
             for prepared in earlier:
                 batcher.submit(
                     _Counting(pipeline, prepared), max_new_tokens=1, prefix=shared_prefix(pipeline, prepared, "demo3")
                 ).result(timeout=120)
             output = batcher.submit(_Counting(pipeline, second), max_new_tokens=1, prefix=prefix).result(timeout=120)
             assert output.reused_prompt_tokens == (prefix.length if earlier else 0)
-            assert len(batcher.prefix_cache) == len(earlier)
+            assert len(batcher.prefix_cache) == 1  # the same image and regions: one prefix, kept by either
             cache = batcher.decoder.cache
             pairs = zip(cache.keys, cache.values, strict=True)
             runs.append((output.token_ids, [(k[0, :, :length].clone(), v[0, :, :length].clone()) for k, v in pairs]))
@@ -219,6 +219,38 @@ def test_the_store_is_bounded_and_evicts_the_least_recently_used() -> None:
         PrefixKVCache(-1)
 
 
+def _prefill_calls(batcher: ContinuousBatcher, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record the start position of every ``prefill`` call the batcher's decoder makes."""
+    calls: list[int] = []
+    original = batcher.decoder.prefill
+
+    def prefill(slot: int, embeds: torch.Tensor, start: int = 0, **kwargs):  # noqa: ANN202
+        calls.append(start)
+        return original(slot, embeds, start, **kwargs)
+
+    monkeypatch.setattr(batcher.decoder, "prefill", prefill)
+    return calls
+
+
+def test_a_prefix_too_large_to_keep_is_prefilled_whole(small, questions, monkeypatch) -> None:
+    """A store whose bound cannot hold a prompt's prefix: the prompt is prefilled in one call (no split that could
+    never be reused), the engine does not hash it, and the ids are generate's."""
+    (prepared, ids), _ = questions[0], None
+    length = shared_prefix_length(prepared, small.config.image_token_id)
+    with _batcher(small, [prepared], store=1) as probe:
+        per_token = probe.decoder.cache.bytes_per_token
+    for bound, split in ((length * per_token - 1, False), (length * per_token, True)):
+        with _batcher(small, [prepared], store=bound) as batcher:
+            calls = _prefill_calls(batcher, monkeypatch)
+            assert batcher.keeps_prefix(length) is split
+            assert (shared_prefix(small, prepared, "demo3", batcher) is None) is not split
+            out = batcher.submit(
+                _Counting(small, prepared), max_new_tokens=6, prefix=shared_prefix(small, prepared, "demo3")
+            ).result(timeout=120)
+        assert out.token_ids == ids and out.reused_prompt_tokens == 0
+        assert calls == ([0, length] if split else [0])
+
+
 def test_running_out_of_memory_keeping_a_prefix_fails_nothing(small, questions, monkeypatch) -> None:
     """Keeping a prefix needs device memory; without it the request still answers and the store stops growing."""
 
@@ -227,14 +259,17 @@ def test_running_out_of_memory_keeping_a_prefix_fails_nothing(small, questions, 
 
     with _batcher(small, [p for p, _ in questions], store=64 * 2**20) as batcher:
         monkeypatch.setattr(batcher.decoder.cache, "read", no_memory)
+        calls = _prefill_calls(batcher, monkeypatch)
         with pytest.warns(RuntimeWarning, match="prefix cache"):
             outputs = [
                 batcher.submit(_Counting(small, p), max_new_tokens=6, prefix=shared_prefix(small, p, "demo3")).result(
                     timeout=120
                 )
-                for p, _ in questions[:2]
+                for p, _ in questions[:3]
             ]
         stats = batcher.prefix_cache.stats()
-    assert [o.token_ids for o in outputs] == [ids for _, ids in questions[:2]]
-    assert [o.reused_prompt_tokens for o in outputs] == [0, 0]
+    assert [o.token_ids for o in outputs] == [ids for _, ids in questions[:3]]
+    assert [o.reused_prompt_tokens for o in outputs] == [0, 0, 0]
     assert stats["max_bytes"] == 0 and stats["prefixes"] == 0
+    # the store stopped growing, but prefills are still split where they were: answers do not depend on it
+    assert len(calls) == 6 and calls[0::2] == [0, 0, 0]

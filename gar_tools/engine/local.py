@@ -147,10 +147,15 @@ def build_job(
     )
 
 
-def shared_prefix(pipeline: GarPipeline, prepared: PreparedInputs, digest: str) -> SharedPrefix:
-    """The prompt's shared prefix (its image and regions), for the scheduler's prefix cache. Hashes the prompt map
-    (a few milliseconds for 17 tiles): call it off the event loop."""
+def shared_prefix(
+    pipeline: GarPipeline, prepared: PreparedInputs, digest: str, batcher: ContinuousBatcher | None = None
+) -> SharedPrefix | None:
+    """The prompt's shared prefix (its image and regions), for the scheduler's prefix cache; None when ``batcher``
+    could not keep it (no cache, or its K/V exceed the bound). Hashes the prompt map (a few milliseconds for 17
+    tiles): call it off the event loop."""
     length = shared_prefix_length(prepared, pipeline.config.image_token_id)
+    if batcher is not None and not batcher.keeps_prefix(length):
+        return None
     key = prefix_key(prepared, digest, length, pipeline.model, pipeline.geometry)
     return SharedPrefix(key, length, lambda: pipeline.embed_suffix(prepared, length))
 
@@ -248,11 +253,11 @@ class LocalEngine(Engine):
         image_cache_bytes: bound of the decoded images kept for the next request that sends the same image
             (:func:`read_image`; default :data:`DEFAULT_IMAGE_CACHE_BYTES`, 0 disables it).
         prefix_cache_bytes: bound of the keys and values kept of prompts' image-and-regions prefixes, for later
-            questions about the same image and regions (:mod:`gar_tools.model.prefix_cache`); default 256 MiB on
-            CPU, 2 GiB on CUDA (a 17-tile prompt's prefix is about 150 MB at GAR-1B size in bf16, by the arithmetic in
-            :mod:`gar_tools.model.prefix_cache`). With it on, every
-            prompt is prefilled in two calls split at its prefix end, so an answer never depends on earlier questions;
-            0 disables it, and prompts are prefilled whole.
+            questions about the same image and regions (:mod:`gar_tools.model.prefix_cache`); default 1 GiB on CPU,
+            2 GiB on CUDA (a 17-tile prompt's prefix is about 150 MB at GAR-1B size in bf16, 300 MB in fp32, by the
+            arithmetic in :mod:`gar_tools.model.prefix_cache`). With it on, every prompt whose prefix fits the bound
+            is prefilled in two calls split at its prefix end, so an answer never depends on earlier questions; 0
+            disables it, and prompts are prefilled whole (as are those whose prefix could never be kept).
         segmenter: a SAM-family checkpoint (hub id, folder, ``"tiny-sam"``) or a loaded
             :class:`~gar_tools.segment.segmenter.Segmenter`, to turn points and segment boxes into masks; loaded
             beside GAR, on its device and in its dtype. None: points and segment boxes are refused.
@@ -471,7 +476,7 @@ class LocalEngine(Engine):
             begin = time.perf_counter()
             digest, tiles = self._image_tiles(runtime, job.image, job.digest)
             prepared = pipeline.prepare(job.image, [r.mask for r in job.regions], job.question, image_tiles=tiles)
-            prefix = shared_prefix(pipeline, prepared, digest) if runtime.batcher.uses_prefixes else None
+            prefix = shared_prefix(pipeline, prepared, digest, runtime.batcher)
             return prepared, digest, prefix, (time.perf_counter() - begin) * 1000
 
         prepared, digest, prefix, prepare_ms = await self._off_loop(prepare)
@@ -639,7 +644,7 @@ class LocalEngine(Engine):
 
             def prepare() -> tuple[PreparedInputs, SharedPrefix | None]:
                 prepared = pipeline.prepare(image, [region.mask], question, image_tiles=image_tiles)
-                return prepared, shared_prefix(pipeline, prepared, digest) if runtime.batcher.uses_prefixes else None
+                return prepared, shared_prefix(pipeline, prepared, digest, runtime.batcher)
 
             prepared, prefix = await self._off_loop(prepare)
             stats["encode_ms"] += (time.perf_counter() - started) * 1000

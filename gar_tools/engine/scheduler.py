@@ -153,9 +153,10 @@ class ContinuousBatcher:
         prefill_chunk_tokens: prompt tokens prefilled between two decode steps (``None``: whole prompts).
         readback_lag: decode steps that may run before their ids are read on the host (CUDA; CPU reads each).
         retry_after_s: the hint given with :class:`EngineBusyError`.
-        prefix_cache: where shared prefixes' keys and values are kept for later requests. With a store that can keep
-            something, every prefill is split at its request's prefix end (kept, reused or neither: results never
-            depend on earlier requests); None or a 0-byte store: prefixes are ignored, prompts prefilled as before.
+        prefix_cache: where shared prefixes' keys and values are kept for later requests. Every prefill whose
+            prefix the store could keep (:meth:`keeps_prefix`: its K/V fit the store's bound) is split at the prefix
+            end, whether the K/V are then kept, reused or neither — so results never depend on earlier requests;
+            None, a 0-byte store or a prefix larger than the bound: prompts are prefilled whole, as before.
     """
 
     def __init__(
@@ -180,6 +181,9 @@ class ContinuousBatcher:
         self.prefix_cache = prefix_cache
         # fixed for the scheduler's life, so a request's prefill never depends on what happened before it
         self.uses_prefixes = prefix_cache is not None and prefix_cache.max_bytes > 0
+        # the bound as configured: a store that stops growing later (out of memory) does not change which prefills
+        # are split
+        self._prefix_bound = prefix_cache.max_bytes if prefix_cache is not None else 0
         self._lock = threading.Condition()
         self._queue: deque[_Request] = deque()  # waiting for a slot (guarded by _lock)
         self._slots: list[_Request | None] = [None] * decoder.slots  # running or prefilling (model thread only)
@@ -245,7 +249,7 @@ class ContinuousBatcher:
             on_token,
             future,
             loop=loop if on_token is not None else None,
-            prefix=prefix if self.uses_prefixes and prefix is not None and prefix.length >= 1 else None,
+            prefix=prefix if prefix is not None and self.keeps_prefix(prefix.length) else None,
         )
         with self._lock:
             if self._closed:
@@ -267,6 +271,12 @@ class ContinuousBatcher:
     def _wake(self) -> None:
         with self._lock:
             self._lock.notify_all()
+
+    def keeps_prefix(self, length: int) -> bool:
+        """Whether a shared prefix of ``length`` tokens could be kept in the prefix cache (then its request's
+        prefill is split at it): its K/V fit the store's bound as configured. The same answer for a given length
+        for the scheduler's whole life, like :attr:`uses_prefixes`."""
+        return self.uses_prefixes and 0 < length * self.decoder.cache.bytes_per_token <= self._prefix_bound
 
     def stats(self) -> dict[str, int]:
         """Queue, batch and KV-cache figures (for health endpoints and reports)."""

@@ -7,8 +7,9 @@ changes from one question to the next. An agent asking several questions about t
 the same prefix each time: thousands of tokens (256 per tile), the vision tower and the whole prefill over them.
 
 So the scheduler (:class:`~gar_tools.engine.scheduler.ContinuousBatcher`, given a cache) splits the prefill of every
-request that has a prefix at the prefix end, stores the keys and values of the prefix after that call, and a later
-request with the same :func:`prefix_key` copies them into its slot and prefills only its own text. Exactness: the
+request whose prefix the cache could hold at the prefix end, stores the keys and values of the prefix after that
+call, and a later request with the same :func:`prefix_key` copies them into its slot and prefills only its own text
+(a prefix larger than the cache's bound is never kept, so its prompt is prefilled whole). Exactness: the
 prefix's K/V depend only on the prefix embeddings (causal attention), the prefix is prefilled by the same calls
 whether its K/V are then stored or not, and the question's call starts at the same position over the same K/V
 either way — so a request gives the same ids with a hit as computed alone (tests/test_prefix_cache.py compares the
@@ -41,8 +42,9 @@ __all__ = [
 
 # Sizes by arithmetic: a GAR-1B token's K/V is 16 layers × 2 × 8 KV heads × 64 dims = 16 k values (32 KiB in bf16),
 # so the ~4.7 k-token prefix of a 17-tile prompt takes ~150 MB in bf16 and ~300 MB in fp32; the tiny model's, ~2.4 MB.
-#: Default bound on CPU: 256 MiB (about a hundred tiny-model prefixes; no GAR-1B prefix in fp32 fits).
-DEFAULT_CPU_BYTES = 256 * 2**20
+#: Default bound on CPU: 1 GiB (three 17-tile GAR-1B prefixes in fp32, 64 KiB per token; about a hundred of the tiny
+#: model's).
+DEFAULT_CPU_BYTES = 2**30
 #: Default bound on CUDA: 2 GiB (13 prefixes of 17-tile prompts at GAR-1B size in bf16).
 DEFAULT_CUDA_BYTES = 2 * 2**30
 
