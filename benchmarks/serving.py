@@ -17,7 +17,8 @@
   1.08× at 8 new tokens, 1.89× at 128 — each region still needs its own vision pass (thumbnail and touched tiles
   with its mask) and its own whole prefill (the thumbnail leads the prompt, so no prefix is shared); only decoding
   is batched. The JSON gives that per-region work (``describe_region_x16_prefill_ms``, ``_encode_ms``): sequential
-  time over it bounds any batching (1.23× at 8 tokens, 3.9× at 128 on this CPU), so the 4× target is not met here.
+  time over it is 1.23× at 8 tokens and 3.9× at 128 on this CPU, and the one call repeats it all (only ``prepare``
+  may overlap) before its own decoding, so the 4× target is not met here.
 
 - ``prefill_chunking``: one 17-tile-sized prompt prefilled whole vs in 2048- and 1024-token chunks.
 
