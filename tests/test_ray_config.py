@@ -131,6 +131,8 @@ def test_the_example_serve_config_builds(monkeypatch: pytest.MonkeyPatch) -> Non
     deployment = built._bound_deployment
     assert deployment.ray_actor_options["num_gpus"] == 1
     assert deployment.init_args[0].token == "t0k" and deployment.init_args[0].model == "HaochenWang/GAR-8B"
+    engine = deployment.init_args[0].engine_kwargs  # the file's engine options reach every replica's engine
+    assert engine["max_batch_size"] == 16 and engine["prefix_cache_bytes"] == 2048 * 2**20
     with pytest.raises(InputError, match="no_such"):
         ray_app.app_builder({"no_such": 1})
     options = {"max_batch_size": 4, "prefix_cache_mb": 0, "decode_attention": "matmul", "segmenter": "tiny-sam"}
