@@ -296,14 +296,15 @@ def _engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _local_engine_flags_given(args: argparse.Namespace) -> list[str]:
-    """The local engine's flags given other than --model and --segmenter (noted apart), e.g. ["--fused-ops"]."""
+    """The local engine's flags ``serve`` was given other than --model and --segmenter (noted apart), e.g.
+    ``["--fused-ops"]``: those whose value is not the parser's default."""
     from gar_tools.servers.settings import ENGINE_OPTIONS
 
-    defaults = {"geometry": "checkpoint", "max_queue": 64}
+    defaults = build_parser().parse_args(["serve"])
     return [
         "--" + name.replace("_", "-")
         for name in ENGINE_OPTIONS
-        if name != "segmenter" and getattr(args, name, None) not in (None, defaults.get(name))
+        if name != "segmenter" and getattr(args, name, None) != getattr(defaults, name, None)
     ]
 
 

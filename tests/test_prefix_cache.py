@@ -235,7 +235,7 @@ def _prefill_calls(batcher: ContinuousBatcher, monkeypatch: pytest.MonkeyPatch) 
 def test_a_prefix_too_large_to_keep_is_prefilled_whole(small, questions, monkeypatch) -> None:
     """A store whose bound cannot hold a prompt's prefix: the prompt is prefilled in one call (no split that could
     never be reused), the engine does not hash it, and the ids are generate's."""
-    (prepared, ids), _ = questions[0], None
+    prepared, ids = questions[0]
     length = shared_prefix_length(prepared, small.config.image_token_id)
     with _batcher(small, [prepared], store=1) as probe:
         per_token = probe.decoder.cache.bytes_per_token

@@ -95,11 +95,12 @@ class GarModel(nn.Module):
     def mask_embeddings(self, prompt_pixel_values: torch.Tensor) -> torch.Tensor:
         """Mask patch embeddings [N, patches, vision_dim] of the visual-prompt tiles [N, 3, 448, 448].
 
-        On the CPU only the tiles with a region pixel are decoded and convolved (most tiles of an image have none:
-        for a new 17-tile image that was a third of the vision pass): decoding is monotone in the value, so a tile whose
-        smallest value decodes as background is background everywhere, and its embedding — the bias-free
-        convolution of zeros — is exactly 0 (the tests compare with the whole computation bit for bit). On CUDA
-        every tile goes through the same kernels, as the vision CUDA graphs capture it (no data-dependent shapes).
+        On the CPU only the tiles with a region pixel are decoded and convolved (most tiles of an image have none; a
+        new 17-tile image's vision pass went from 116 to 91 ms: ``benchmarks/results/*profile_request-cpu-tiny-896*``):
+        decoding is monotone in the value, so a tile whose smallest value decodes as background is background
+        everywhere, and its embedding — the bias-free convolution of zeros — is exactly 0 (the tests compare with the
+        whole computation bit for bit). On CUDA every tile goes through the same kernels, as the vision CUDA graphs
+        capture it (no data-dependent shapes).
         """
         # The map is the same on all three channels (gar-model.md §3): decode one, feed it as three.
         first = prompt_pixel_values[:, :1].to(self.device)  # [N, 1, S, S]
