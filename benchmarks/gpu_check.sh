@@ -27,7 +27,8 @@
 set -u
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python}"
-QUICK="${QUICK:-0}"  # QUICK=1: fewer batch sizes and tests; no describe_regions, prefill_chunking, roi_replay
+QUICK="${QUICK:-0}"  # QUICK=1: fewer batch sizes and tests; no describe_regions (unless DESCRIBE=1), followup_questions,
+                     # prefill_chunking, roi_replay
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" PYTHONUNBUFFERED=1
 RESULTS=benchmarks/results
 DATE="$(date -u +%Y-%m-%d)"
@@ -107,10 +108,12 @@ else
     step gpu_tests 130 "$RESULTS/$DATE-gpu_tests-$DEVICE.txt" \
         "$PYTHON" -m pytest -q -m gpu tests/ -p no:cacheprovider -rA
 fi
-if [ "$QUICK" != 1 ]; then
+if [ "$QUICK" != 1 ] || [ "${DESCRIBE:-0}" = 1 ]; then  # DESCRIBE=1: also with QUICK=1
     step describe_regions 80 "$RESULTS/$DATE-describe_regions-$DEVICE.json" \
         "$PYTHON" benchmarks/serving.py --only describe_regions --max-new-tokens 32 --iters 2 \
         --decode-attention "$ATTENTION" $FUSED_FLAG $VISION_FLAG
+fi
+if [ "$QUICK" != 1 ]; then
     step followup_questions 50 "$RESULTS/$DATE-followup_questions-$DEVICE.json" \
         "$PYTHON" benchmarks/serving.py --only followup_questions --iters 3 \
         --decode-attention "$ATTENTION" $FUSED_FLAG $VISION_FLAG

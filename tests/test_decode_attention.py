@@ -19,6 +19,8 @@ from gar_tools.kernels.decode_attention import (
     decode_attention,
     decode_attention_backend,
     decode_attention_reference,
+    default_split,
+    split_size,
 )
 
 #: (atol, rtol) of the kernels against the reference, per dtype: float32 math both ways, so float32 agrees to
@@ -89,6 +91,39 @@ def test_kernel_matches_reference(b: int, kv: int, g: int, d: int, span: int, dt
     lengths = _lengths(b, span)
     got = decode_attention(q, keys, values, lengths, scale=d**-0.5, span=span)
     _assert_close(got, decode_attention_reference(q, keys, values, lengths, scale=d**-0.5, span=span), dtype)
+
+
+@kernel_on_cpu
+@pytest.mark.parametrize("split", [16, 64, 512])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kernel_matches_reference_at_any_split(split: int, dtype: torch.dtype) -> None:
+    """The chunk size changes only the summation order: rows ending inside, at and before a chunk's end."""
+    b, kv, g, d, span = 4, 2, 4, 64, 700
+    q, keys, values = _inputs(b, kv, g, d, b, span, dtype, seed=3)
+    lengths = torch.tensor([span, 1, split, split + 1])
+    got = decode_attention(q, keys, values, lengths, scale=d**-0.5, span=span, split=split)
+    _assert_close(got, decode_attention_reference(q, keys, values, lengths, scale=d**-0.5, span=span), dtype)
+
+
+def test_split_size_gives_a_few_programs_per_sm() -> None:
+    # GAR-1B (8 KV heads) over a 17-tile prompt on an H100 (132 SMs): batch 1 and batch 16
+    assert split_size(8, 4700, 132) == 128
+    assert split_size(16 * 8, 4700, 132) == 1024
+    assert split_size(1, 10, 132) == 64  # never below 64 columns
+    assert split_size(64 * 8, 32768, 132) == 1024  # nor above 1024
+    for rows, span, sms in ((8, 4700, 132), (24, 3000, 108), (128, 8192, 78)):
+        split = split_size(rows, span, sms)
+        assert split & (split - 1) == 0 and 64 <= split <= 1024
+        assert split in (64, 1024) or split / 2 < rows * span / (4 * sms) <= split
+    assert default_split(8, 4700, "cpu") == SPLIT
+    with pytest.raises(ValueError, match="must be positive"):
+        split_size(0, 10, 132)
+
+
+@pytest.mark.parametrize("split", [8, 96, 0, True, 64.0])
+def test_split_must_be_a_power_of_two(split: object) -> None:
+    with pytest.raises(ValueError, match="split: must be a power of two >= 16"):
+        decode_attention(**_valid(), split=split)  # type: ignore[arg-type]
 
 
 @kernel_on_cpu
@@ -169,19 +204,24 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from gar_tools.kernels.decode_attention import _combine_kernel, _split_kernel
-for dtype, arch, block_g, block_d in (("*bf16", 90, 16, 64), ("*fp16", 80, 16, 128), ("*fp32", 90, 32, 32)):
+shapes = (("*bf16", 90, 16, 64, 64), ("*fp16", 80, 16, 80, 128), ("*fp32", 90, 32, 32, 32))
+for dtype, arch, block_g, d, block_d in shapes:
     sig = {"q_ptr": dtype, "k_ptr": dtype, "v_ptr": dtype, "lengths_ptr": "*i64", "part_out_ptr": "*fp32",
-           "part_stats_ptr": "*fp32", "G": "i32", "D": "i32", "scale": "fp32",
+           "part_stats_ptr": "*fp32", "G": "i32", "scale": "fp32",
            **{name: "i32" for name in ("stride_qb", "stride_qh", "stride_qg", "stride_kb", "stride_kh", "stride_kn",
                                        "stride_vb", "stride_vh", "stride_vn")},
-           "SPLIT_N": "constexpr", "BLOCK_N": "constexpr", "BLOCK_G": "constexpr", "BLOCK_D": "constexpr"}
-    consts = {"SPLIT_N": 256, "BLOCK_N": 64, "BLOCK_G": block_g, "BLOCK_D": block_d}
+           "HEAD_D": "constexpr", "SPLIT_N": "constexpr", "BLOCK_N": "constexpr", "BLOCK_G": "constexpr",
+           "BLOCK_D": "constexpr", "IEEE": "constexpr", "ROUND_P": "constexpr"}
+    consts = {"HEAD_D": d, "SPLIT_N": 256, "BLOCK_N": 64, "BLOCK_G": block_g, "BLOCK_D": block_d,
+              "IEEE": dtype == "*fp32", "ROUND_P": dtype != "*fp32"}
     split = triton.compile(ASTSource(fn=_split_kernel, signature=sig, constexprs=consts),
                            target=GPUTarget("cuda", arch, 32), options={"num_warps": 4})
-    sig = {"part_out_ptr": "*fp32", "part_stats_ptr": "*fp32", "out_ptr": dtype, "G": "i32", "D": "i32",
-           "splits": "i32", "BLOCK_G": "constexpr", "BLOCK_D": "constexpr"}
+    sig = {"part_out_ptr": "*fp32", "part_stats_ptr": "*fp32", "lengths_ptr": "*i64", "out_ptr": dtype, "G": "i32",
+           "splits": "i32", "HEAD_D": "constexpr", "SPLIT_N": "constexpr", "BLOCK_G": "constexpr",
+           "BLOCK_D": "constexpr"}
     combine = triton.compile(ASTSource(fn=_combine_kernel, signature=sig,
-                                       constexprs={"BLOCK_G": block_g, "BLOCK_D": block_d}),
+                                       constexprs={"HEAD_D": d, "SPLIT_N": 256, "BLOCK_G": block_g,
+                                                   "BLOCK_D": block_d}),
                              target=GPUTarget("cuda", arch, 32), options={"num_warps": 4})
     assert "cubin" in split.asm and "cubin" in combine.asm
 print("ok")

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from gar_tools.kernels.decode_attention import decode_attention
+from gar_tools.kernels.decode_attention import decode_attention, default_split
 from gar_tools.kernels.rms_norm import rms_norm
 from gar_tools.kernels.rotary_kv import rotary_kv
 from gar_tools.kernels.silu_mul import silu_mul
@@ -85,13 +85,15 @@ def decode_layer(
     positions: torch.Tensor,
     num_kv_heads: int,
     attention: DecodeAttention,
+    split: int | None = None,
 ) -> torch.Tensor:
     """One Llama decoder layer for ``B`` rows of one new token each: ``x`` [B, 1, hidden] → [B, 1, hidden].
 
     ``keys``/``values`` are the layer's whole cache [S, KV, max_len, D]; row ``r`` (slot ``rows[r]``) writes its new
     K/V at column ``positions[r]`` and attends over what ``seen`` marks among the first ``span`` columns: for
     ``"triton"`` the count of columns each row sees [B], otherwise the bool mask [B, 1, 1, span]. The G query heads
-    sharing a KV head act as G query positions (GQA without copying K/V).
+    sharing a KV head act as G query positions (GQA without copying K/V). ``split``: the Triton kernel's chunk
+    size (:func:`~gar_tools.kernels.decode_attention.decode_attention`; None: its default).
     """
     attn = layer.self_attn
     b = x.shape[0]
@@ -105,7 +107,7 @@ def decode_layer(
     keys[rows, :, positions] = k[:, :, 0]  # each row writes its own column
     values[rows, :, positions] = v[:, :, 0]
     q = q.reshape(b, num_kv_heads, groups, head_dim)  # [B, KV, G, D]
-    out = _attend(q, keys, values, seen, span, attn.scaling, attention)  # [B, KV, G, D]
+    out = _attend(q, keys, values, seen, span, attn.scaling, attention, split)  # [B, KV, G, D]
     x = x + attn.o_proj(out.reshape(b, 1, num_kv_heads * groups * head_dim))
     return x + layer.mlp(layer.post_attention_layernorm(x))
 
@@ -118,10 +120,11 @@ def _attend(
     span: int,
     scale: float,
     attention: DecodeAttention,
+    split: int | None = None,
 ) -> torch.Tensor:
     """Queries [B, KV, G, D] against the first ``span`` cache columns, as ``seen`` says (see :func:`decode_layer`)."""
     if attention == "triton":  # split-KV kernel over the whole cache (gar_tools.kernels.decode_attention)
-        return decode_attention(q, keys, values, seen, scale=scale, span=span)
+        return decode_attention(q, keys, values, seen, scale=scale, span=span, split=split)
     b = q.shape[0]
     k_span, v_span = keys[:b, :, :span], values[:b, :, :span]  # [B, KV, span, D]
     if attention == "matmul":
@@ -144,6 +147,7 @@ def fused_decode_layer(
     positions: torch.Tensor,
     num_kv_heads: int,
     attention: DecodeAttention,
+    split: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`decode_layer` with its element-wise work in fused kernels (:mod:`gar_tools.kernels`: residual add +
     RMSNorm, rotary + KV write, SiLU · up), the same math: with ``"triton"`` attention a layer is 13 launches —
@@ -167,7 +171,14 @@ def fused_decode_layer(
     v = attn.v_proj(h).view(b, num_kv_heads, head_dim)  # [B, KV, D]
     q = rotary_kv(q, k, v, cos, sin, keys, values, positions)  # [B, H, D]; K/V written at each row's position
     out = _attend(
-        q.view(b, num_kv_heads, heads // num_kv_heads, head_dim), keys, values, seen, span, attn.scaling, attention
+        q.view(b, num_kv_heads, heads // num_kv_heads, head_dim),
+        keys,
+        values,
+        seen,
+        span,
+        attn.scaling,
+        attention,
+        split,
     )
     norm = layer.post_attention_layernorm
     h, x = rms_norm(attn.o_proj(out.reshape(b, heads * head_dim)), norm.weight, norm.variance_epsilon, residual=x)
@@ -371,15 +382,25 @@ class BatchDecoder:
         self._host_positions[slot] = self.cache.scratch_position
 
     # --- decode --------------------------------------------------------------------------------------------------
-    def _decode_step(self, b: int, span: int) -> None:
+    def _split(self, b: int, span_bucket: int) -> int | None:
+        """The Triton attention's chunk size for a step of batch bucket ``b`` in span bucket ``span_bucket`` (None
+        for the other attentions). A step run eagerly and its captured graph use the same, so both sum in the same
+        order."""
+        if self.attention != "triton":
+            return None
+        return default_split(b * self.num_kv_heads, span_bucket, self.device)
+
+    def _decode_step(self, b: int, span: int, split: int | None = None) -> None:
         """The decode step for rows ``0 … b-1`` over ``span`` cache columns, reading and writing only device
-        buffers (graph-capturable). Parked rows write on the scratch column and see all ``span`` columns."""
+        buffers (graph-capturable). Parked rows write on the scratch column; they see all ``span`` columns, with
+        ``"triton"`` attention only the first (their output is thrown away: no need to read the span)."""
         positions = self.positions[:b]  # [B]
         x = self.lm.embed_tokens(self.tokens[:b])[:, None]  # [B, 1, hidden]
         cos, sin = self.lm.rotary_emb(x, positions[:, None])  # [B, 1, D]
-        # what each row sees of the span (parked rows: all of it), once per step, in the form its attention takes
+        # what each row sees of the span, once per step, in the form its attention takes
         if self.attention == "triton":
-            seen = torch.clamp(positions + 1, max=span)  # [B] columns
+            parked = positions == self.cache.scratch_position
+            seen = torch.where(parked, 1, torch.clamp(positions + 1, max=span))  # [B] columns
         else:
             seen = (self._columns[None, :span] <= positions[:, None])[:, None, None, :]  # [B, 1, 1, span]
         keys, values = self.cache.keys, self.cache.values
@@ -388,14 +409,14 @@ class BatchDecoder:
             for i, layer in enumerate(self.lm.layers):
                 x, pending = fused_decode_layer(
                     layer, x, pending, keys[i], values[i], cos[:, 0], sin[:, 0], seen, span, positions,
-                    self.num_kv_heads, self.attention,
+                    self.num_kv_heads, self.attention, split,
                 )  # fmt: skip
             h, _ = rms_norm(pending, self.lm.norm.weight, self.lm.norm.variance_epsilon, residual=x)  # [B, hidden]
         else:
             for i, layer in enumerate(self.lm.layers):
                 x = decode_layer(
                     layer, x, keys[i], values[i], cos, sin, seen, span, self._rows[:b], positions,
-                    self.num_kv_heads, self.attention,
+                    self.num_kv_heads, self.attention, split,
                 )  # fmt: skip
             h = self.lm.norm(x[:, 0])  # [B, hidden]
         logits = self.lm_head(h)  # [B, vocab]
@@ -415,13 +436,13 @@ class BatchDecoder:
         b = self.bucket_for(n) if self.use_cuda_graphs else n
         scratch = self.cache.scratch_position
         running = [p for p in self._host_positions[:b] if p != scratch]
+        span_bucket = next(s for s in self.span_buckets if s > max(running, default=0))
         if self.use_cuda_graphs:
-            span = next(s for s in self.span_buckets if s > max(running, default=0))
-            self._graphs[(b, span)].replay()
+            self._graphs[(b, span_bucket)].replay()
         else:
             if not 1 <= n <= self.slots:
                 raise ValueError(f"a decode batch of {n} rows does not fit {self.slots} slots")
-            self._decode_step(b, max(running, default=0) + 1)
+            self._decode_step(b, max(running, default=0) + 1, self._split(self.bucket_for(n), span_bucket))
         self._host_positions[:b] = [min(p + 1, scratch) for p in self._host_positions[:b]]
         self._steps += 1
         if self.device.type != "cuda":
@@ -452,7 +473,7 @@ class BatchDecoder:
             for b in reversed(self.buckets):
                 for span in reversed(self.span_buckets):
                     for _ in range(2):
-                        self._decode_step(b, span)
+                        self._decode_step(b, span, self._split(b, span))
                         self.positions.fill_(self.cache.scratch_position)
         torch.cuda.current_stream().wait_stream(stream)
         pool = torch.cuda.graph_pool_handle()
@@ -460,7 +481,7 @@ class BatchDecoder:
             for span in reversed(self.span_buckets):
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph, pool=pool):
-                    self._decode_step(b, span)
+                    self._decode_step(b, span, self._split(b, span))
                 self._graphs[(b, span)] = graph
         torch.cuda.synchronize()
         self.tokens.zero_()
