@@ -41,20 +41,22 @@ def _prompts(pipeline: Any, batch: int, length: int, seed: int = 0) -> list[torc
     return [embed(torch.randint(0, 128000, (length,), generator=generator).to(pipeline.device)) for _ in range(batch)]
 
 
-#: decode-step variants: name → (CUDA graphs, attention, fused element-wise kernels)
-VARIANTS: dict[str, tuple[bool, str, bool]] = {
-    "eager": (False, "sdpa", False),
-    "cuda_graphs": (True, "sdpa", False),
-    "cuda_graphs+matmul": (True, "matmul", False),
-    "cuda_graphs+triton": (True, "triton", False),
-    "cuda_graphs+matmul+fused": (True, "matmul", True),
-    "cuda_graphs+triton+fused": (True, "triton", True),
+#: decode-step variants: name → (CUDA graphs, attention, fused element-wise kernels, one GEMV for q/k/v). With
+#: fused kernels the q/k/v projections are packed into one GEMV on CUDA unless the name says ``separate_qkv``.
+VARIANTS: dict[str, tuple[bool, str, bool, bool | None]] = {
+    "eager": (False, "sdpa", False, None),
+    "cuda_graphs": (True, "sdpa", False, None),
+    "cuda_graphs+matmul": (True, "matmul", False, None),
+    "cuda_graphs+triton": (True, "triton", False, None),
+    "cuda_graphs+matmul+fused": (True, "matmul", True, None),
+    "cuda_graphs+triton+fused": (True, "triton", True, None),
+    "cuda_graphs+triton+fused+separate_qkv": (True, "triton", True, False),
 }
 
 
 def run_decoder(pipeline: Any, batch: int, prompts: list[torch.Tensor], new_tokens: int, variant: str) -> dict:
     device = pipeline.device
-    graphs, attention, fused = VARIANTS[variant]
+    graphs, attention, fused, packed = VARIANTS[variant]
     max_len = prompts[0].shape[0] + new_tokens + 2
     start = time.perf_counter()
     decoder = BatchDecoder(
@@ -64,6 +66,7 @@ def run_decoder(pipeline: Any, batch: int, prompts: list[torch.Tensor], new_toke
         cuda_graphs=graphs,
         attention=attention,  # type: ignore[arg-type]
         fused_ops=fused,
+        packed_qkv=packed,
     )
     _sync(device)
     setup_s = time.perf_counter() - start

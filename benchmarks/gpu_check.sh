@@ -8,15 +8,15 @@
 # It writes into benchmarks/results/ (and, when $OUT is set, copies each result there, with all logs in one
 # $OUT/gpu_check.log), every file named DATE-WHAT-DEVICE.*, every JSON holding the device name:
 #   1. DATE-decode_batching-DEVICE.json   decode-step variants (eager; CUDA graphs with SDPA, matmul or Triton
-#                                         split-KV attention, with or without the fused element-wise kernels),
-#                                         GAR-1B size preset in bf16; the fastest graph variant at batch 1 is the
-#                                         one the engine runs in the next steps
+#                                         split-KV attention, with or without the fused element-wise kernels and
+#                                         the packed q/k/v GEMV), GAR-1B size preset in bf16; the fastest graph
+#                                         variant at batch 1 is the one the engine runs in the next steps
 #   2. DATE-profile_request-DEVICE.json   where a 17-tile first question's time goes (the vision tower eager and
 #                                         replayed from CUDA graphs); kernels of a decode step, graph step times
 #   3. DATE-serving-DEVICE.json           benchmarks/serving.py with the fastest options of 1 and 2: old batch-1
-#                                         generate vs the engine (throughput at 1/4/8/16, also with the requests
-#                                         of a level on one image; time to first token,
-#                                         known-image encode, bf16 batch-1 agreement); if it fails or times out,
+#                                         generate vs the engine (throughput at 1/4/8/16, bf16 batch-1 agreement,
+#                                         time to first token, throughput with the requests of a level on one
+#                                         image; known-image encode not with QUICK=1); if it fails or times out,
 #                                         DATE-serving-DEVICE.partial.json keeps the comparisons it finished
 #   4. DATE-gpu_tests-DEVICE.txt          python -m pytest -q -m gpu tests/ (decoder CUDA graphs and attention
 #                                         variants, split-KV kernels, scheduler, tile cache and vision graphs,
@@ -66,10 +66,13 @@ step() {  # step NAME SECONDS OUTFILE COMMAND...: run with a time limit, stdout 
 # 1. Decode-step variants at batch 1 and 16 (QUICK) or 1, 8 and 32; the fastest graph variant at batch 1 is what
 #    the serving steps run (their JSON names it). The JSON is rewritten after every row (kept if the step times out).
 DECODE="$RESULTS/$DATE-decode_batching-$DEVICE.json"
-if [ "$QUICK" = 1 ]; then DECODE_ARGS=(--batch 1 16 --new-tokens 64 --skip-generate); else DECODE_ARGS=(--batch 1 8 32); fi
-step decode_batching 130 "$DECODE.stdout" "$PYTHON" benchmarks/decode_batching.py --preset gar-1b "${DECODE_ARGS[@]}" \
-    --variants eager cuda_graphs cuda_graphs+matmul cuda_graphs+triton cuda_graphs+matmul+fused \
-    cuda_graphs+triton+fused --out "$DECODE"
+if [ "$QUICK" = 1 ]; then
+    DECODE_ARGS=(--batch 1 16 --new-tokens 64 --skip-generate --variants cuda_graphs cuda_graphs+matmul+fused)
+else
+    DECODE_ARGS=(--batch 1 8 32 --variants eager cuda_graphs cuda_graphs+matmul cuda_graphs+matmul+fused)
+fi
+step decode_batching 110 "$DECODE.stdout" "$PYTHON" benchmarks/decode_batching.py --preset gar-1b "${DECODE_ARGS[@]}" \
+    cuda_graphs+triton cuda_graphs+triton+fused cuda_graphs+triton+fused+separate_qkv --out "$DECODE"
 if [ -n "${OUT:-}" ] && [ -f "$DECODE" ]; then cp "$DECODE" "$OUT"/; fi
 rm -f "$DECODE.stdout" "$OUT/$(basename "$DECODE").stdout" 2>/dev/null
 BEST="$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1])).get("fastest_graph_variant_at_smallest_batch") or "")' "$DECODE" 2>/dev/null)"
@@ -82,7 +85,7 @@ echo "   fastest decode variant at batch 1: ${BEST:-none}: the serving steps run
 # 2. Where a request's time goes; the vision tower eager vs replayed from CUDA graphs (checked equal): the serving
 #    steps replay it when that was equal and faster.
 PROFILE="$RESULTS/$DATE-profile_request-$DEVICE.json"
-step profile_request 80 "$PROFILE" "$PYTHON" benchmarks/profile_request.py
+step profile_request 70 "$PROFILE" "$PYTHON" benchmarks/profile_request.py
 VISION_FLAG="$("$PYTHON" -c '
 import json, sys
 q = json.load(open(sys.argv[1]))["first_question"]
@@ -94,9 +97,9 @@ echo "   vision tower from CUDA graphs in the serving steps: ${VISION_FLAG:-no}"
 
 PARTIAL="$RESULTS/$DATE-serving-$DEVICE.partial.json"  # the comparisons finished so far, kept if the step fails
 step serving 180 "$RESULTS/$DATE-serving-$DEVICE.json" \
-    "$PYTHON" benchmarks/serving.py --only engine_throughput --only time_to_first_token \
-    --only engine_throughput_one_image \
-    --only known_image_encode --only batch1_agreement --old-requests "$([ "$QUICK" = 1 ] && echo 2 || echo 4)" \
+    "$PYTHON" benchmarks/serving.py --only engine_throughput --only batch1_agreement --only time_to_first_token \
+    --only engine_throughput_one_image $([ "$QUICK" = 1 ] || echo --only known_image_encode) \
+    --old-requests "$([ "$QUICK" = 1 ] && echo 1 || echo 4)" \
     --iters 3 --decode-attention "$ATTENTION" $FUSED_FLAG $VISION_FLAG --out "$PARTIAL"
 case "${STATUS[serving]}" in "rc=0 "*) rm -f "$PARTIAL" ;; *) if [ -n "${OUT:-}" ] && [ -f "$PARTIAL" ]; then cp "$PARTIAL" "$OUT"/; fi ;; esac
 if [ "$QUICK" = 1 ]; then  # the GPU tests of the decoder and the tile cache only

@@ -133,8 +133,9 @@ def _vision_profile(pipeline: Any, prepared: Any, digest: str, top: int = 12) ->
 
 
 def decode_step(pipeline: Any, top: int) -> dict[str, Any]:
-    """Kernels of one eager decode step at batch 1 over a ~4.7k-token cache, unfused and with the fused
-    element-wise kernels; on CUDA, the graph replay's time per attention variant, unfused and fused."""
+    """Kernels of one eager decode step at batch 1 over a ~4.7k-token cache: unfused, with the fused element-wise
+    kernels, and fused with the Triton attention; on CUDA, the graph replay's time per attention variant, unfused
+    and fused."""
     hidden = pipeline.model.mllm.config.text_config.hidden_size
     length = 4700 if torch.cuda.is_available() else 600
     embeds = torch.randn(length, hidden, generator=torch.Generator().manual_seed(0)).to(pipeline.device)
@@ -142,10 +143,15 @@ def decode_step(pipeline: Any, top: int) -> dict[str, Any]:
     activities = [torch.profiler.ProfilerActivity.CPU]
     if torch.cuda.is_available():
         activities.append(torch.profiler.ProfilerActivity.CUDA)
-    for fused in (False, True):
-        name = "eager_fused" if fused else "eager"
+    for name, attention, fused in (
+        ("eager", "sdpa", False),
+        ("eager_fused", "sdpa", True),
+        ("eager_fused_triton", "triton", True),
+    ):
         try:
-            decoder = BatchDecoder(pipeline.model, slots=1, max_len=length + 64, cuda_graphs=False, fused_ops=fused)
+            decoder = BatchDecoder(
+                pipeline.model, slots=1, max_len=length + 64, cuda_graphs=False, attention=attention, fused_ops=fused
+            )
             decoder.activate(0, int(decoder.prefill(0, embeds.to(pipeline.dtype)).argmax()), length)
             for _ in range(3):
                 decoder.step(1).tolist()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gar_tools.model.decoder import BatchDecoder, default_buckets, default_span_buckets
+from gar_tools.model.decoder import BatchDecoder, default_buckets, default_span_buckets, pack_qkv
 from gar_tools.model.kv_cache import StaticKVCache
 from gar_tools.model.tiny import tiny_checkpoint_path
 
@@ -29,13 +29,24 @@ def test_static_cache_shapes_and_bytes() -> None:
     assert default_span_buckets(8193) == [1024, 2048, 4096, 8193] and default_span_buckets(600) == [600]
 
 
-@pytest.mark.parametrize("attention,fused_ops", [("sdpa", False), ("matmul", False), ("sdpa", True)])
-def test_staggered_batch_equals_generate_alone(tiny_pipeline, mixed_requests, attention, fused_ops) -> None:
+@pytest.mark.parametrize(
+    "attention,fused_ops,packed_qkv",
+    [("sdpa", False, None), ("matmul", False, None), ("sdpa", True, None), ("matmul", True, True)],
+)
+def test_staggered_batch_equals_generate_alone(tiny_pipeline, mixed_requests, attention, fused_ops, packed_qkv) -> None:
     """Six sequences join one at a time while the others decode (one chunked prefill), each at its own length.
-    (``fused_ops``: the fused element-wise kernels, interpreted on CPU in the test run.)"""
+    (``fused_ops``: the fused element-wise kernels, interpreted on CPU in the test run; ``packed_qkv``: one GEMV for
+    the q, k and v projections, the CUDA default.)"""
     chosen = [mixed_requests[i] for i in (0, 3, 5, 8, 11, 14)]
     longest = max(r.prepared.input_ids.shape[1] + r.max_new_tokens for r in chosen)
-    decoder = BatchDecoder(tiny_pipeline.model, slots=6, max_len=longest + 1, attention=attention, fused_ops=fused_ops)
+    decoder = BatchDecoder(
+        tiny_pipeline.model,
+        slots=6,
+        max_len=longest + 1,
+        attention=attention,
+        fused_ops=fused_ops,
+        packed_qkv=packed_qkv,
+    )
     outputs: list[list[int]] = [[] for _ in chosen]
     running: set[int] = set()
     for slot, request in enumerate(chosen):
@@ -121,6 +132,38 @@ def test_fused_step_with_references_is_the_unfused_step_bit_for_bit(
 def test_decoder_options_are_checked(tiny_pipeline) -> None:
     with pytest.raises(ValueError, match="attention must be 'sdpa', 'matmul' or 'triton'"):
         BatchDecoder(tiny_pipeline.model, slots=1, max_len=8, attention="flash")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="packed_qkv needs fused_ops=True"):
+        BatchDecoder(tiny_pipeline.model, slots=1, max_len=8, packed_qkv=True)
+    assert not BatchDecoder(tiny_pipeline.model, slots=1, max_len=8, fused_ops=True).packed_qkv  # CPU default
+
+
+def test_packed_qkv_keeps_the_weights_and_shares_their_memory() -> None:
+    """pack_qkv: the projections' weights become views of one matrix with the same values; its product is the
+    three projections; packing again reuses it, and after the model moved it packs anew."""
+    from gar_tools.model import load
+
+    model = load("tiny", device="cpu", dtype="fp32").model  # a model of its own: packing changes it
+    layer = model.mllm.model.language_model.layers[1]
+    attn = layer.self_attn
+    linears = (attn.q_proj, attn.k_proj, attn.v_proj)
+    before = [lin.weight.detach().clone() for lin in linears]
+    h = torch.randn(3, before[0].shape[1])
+    separate = [lin(h) for lin in linears]
+    packed = pack_qkv(layer)
+    assert packed is not None and packed.shape == (sum(w.shape[0] for w in before), before[0].shape[1])
+    row = 0
+    for lin, weight in zip(linears, before, strict=True):
+        assert torch.equal(lin.weight, weight) and isinstance(lin.weight, torch.nn.Parameter)
+        assert lin.weight.data_ptr() == packed[row].data_ptr()  # a view: no second copy
+        row += weight.shape[0]
+    together = torch.nn.functional.linear(h, packed).split([w.shape[0] for w in before], -1)
+    for got, want in zip(together, separate, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+    assert pack_qkv(layer) is packed
+    layer.to(torch.float64)  # new weight tensors: no longer views of the packed matrix
+    repacked = pack_qkv(layer)
+    assert repacked is not packed and repacked.dtype == torch.float64
+    assert attn.v_proj.weight.data_ptr() == repacked[-before[2].shape[0]].data_ptr()
 
 
 def test_prefill_rejects_what_does_not_fit(tiny_pipeline) -> None:

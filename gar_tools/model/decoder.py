@@ -41,6 +41,7 @@ __all__ = [
     "PendingTokens",
     "decode_layer",
     "fused_decode_layer",
+    "pack_qkv",
     "default_buckets",
     "default_span_buckets",
 ]
@@ -134,6 +135,39 @@ def _attend(
     return F.scaled_dot_product_attention(q, k_span, v_span, attn_mask=seen, scale=scale)
 
 
+def pack_qkv(layer: nn.Module) -> torch.Tensor | None:
+    """The layer's q, k and v projection weights as row blocks of one ``[(H + 2·KV)·D, hidden]`` matrix, so that one
+    GEMV computes all three (at batch 1 the k and v GEMVs, 2 MB each at GAR-1B size, are too small to reach the
+    GPU's memory bandwidth on their own). None when a projection has a bias.
+
+    The modules' weights become views of the returned matrix — same values, no second copy, so every other path
+    (prefill, ``generate``) computes what it did. Calling again returns the same matrix while the weights are still
+    its views; after the model moved (``.to``), the weights are packed anew.
+    """
+    attn = layer.self_attn
+    linears = (attn.q_proj, attn.k_proj, attn.v_proj)
+    if any(lin.bias is not None for lin in linears):
+        return None
+    packed = getattr(attn, "_gar_packed_qkv", None)
+    if packed is not None:
+        row, still_views = 0, True
+        for lin in linears:
+            rows = lin.weight.shape[0]
+            still_views &= lin.weight.data_ptr() == packed[row : row + rows].data_ptr()
+            row += rows
+        if still_views and packed.device == attn.q_proj.weight.device:
+            return packed
+    with torch.no_grad():
+        packed = torch.cat([lin.weight.detach() for lin in linears])  # [(H + 2·KV)·D, hidden]
+    row = 0
+    for lin in linears:
+        rows = lin.weight.shape[0]
+        lin.weight = nn.Parameter(packed[row : row + rows], requires_grad=lin.weight.requires_grad)
+        row += rows
+    attn._gar_packed_qkv = packed  # a plain attribute: not a parameter or buffer of the model
+    return packed
+
+
 def fused_decode_layer(
     layer: nn.Module,
     x: torch.Tensor,
@@ -148,6 +182,7 @@ def fused_decode_layer(
     num_kv_heads: int,
     attention: DecodeAttention,
     split: int | None = None,
+    qkv: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`decode_layer` with its element-wise work in fused kernels (:mod:`gar_tools.kernels`: residual add +
     RMSNorm, rotary + KV write, SiLU · up), the same math: with ``"triton"`` attention a layer is 13 launches —
@@ -156,6 +191,7 @@ def fused_decode_layer(
     ``x`` [B, hidden] is the residual stream *before* ``pending`` (the previous layer's MLP output, None for the
     first layer) is added: that add happens inside this layer's first norm. Returns ``(x, mlp_out)`` the same way;
     the caller adds the last ``mlp_out`` in the final norm. Row ``r`` writes slot ``r`` (rows are slots here).
+    ``qkv``: the layer's :func:`pack_qkv` matrix, to compute the three projections in one GEMV.
     """
     attn, mlp = layer.self_attn, layer.mlp
     b = x.shape[0]
@@ -166,9 +202,13 @@ def fused_decode_layer(
         h, x = rms_norm(x, norm.weight, norm.variance_epsilon)  # [B, hidden] each
     else:
         h, x = rms_norm(pending, norm.weight, norm.variance_epsilon, residual=x)
-    q = attn.q_proj(h).view(b, heads, head_dim)  # [B, H, D]
-    k = attn.k_proj(h).view(b, num_kv_heads, head_dim)  # [B, KV, D]
-    v = attn.v_proj(h).view(b, num_kv_heads, head_dim)  # [B, KV, D]
+    if qkv is None:
+        q, k, v = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
+    else:  # one GEMV, three views of its rows: [B, H·D], [B, KV·D], [B, KV·D]
+        q, k, v = F.linear(h, qkv).split([heads * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim], -1)
+    q = q.view(b, heads, head_dim)  # [B, H, D]
+    k = k.view(b, num_kv_heads, head_dim)  # [B, KV, D]
+    v = v.view(b, num_kv_heads, head_dim)  # [B, KV, D]
     q = rotary_kv(q, k, v, cos, sin, keys, values, positions)  # [B, H, D]; K/V written at each row's position
     out = _attend(
         q.view(b, num_kv_heads, heads // num_kv_heads, head_dim),
@@ -231,14 +271,20 @@ class BatchDecoder:
             head at batch 1). Same math; roundings differ. On an H200, GAR-1B size in bf16, batch 1, 4.7k cached
             tokens: a graph-replayed step takes 3.57 ms with ``"sdpa"``, 3.16 ms with ``"matmul"``
             (``benchmarks/results/2026-11-27-profile_request-nvidia-h200-run2.json``); larger batches unmeasured.
-            ``"triton"``: the split-KV kernels of :mod:`gar_tools.kernels.decode_attention` (float32 math; on CPU
-            the pure-torch reference unless Triton's interpreter is on) — not yet measured on a GPU.
+            ``"triton"``: the split-KV kernels of :mod:`gar_tools.kernels.decode_attention` (on CPU the pure-torch
+            reference unless Triton's interpreter is on). On an H100, GAR-1B size, bf16, 4.7 k cached tokens, its
+            first version gave 3.20 ms per step at batch 1 (SDPA 3.76, matmul 3.38) but 8.54 ms at batch 16 (SDPA
+            4.19): ``benchmarks/results/2026-11-27-decode_batching-nvidia-h100-80gb-hbm3-run3.json``; the kernel
+            now uses the tensor cores.
         fused_ops: run each layer's element-wise work in fused kernels (:func:`fused_decode_layer`: residual add +
             RMSNorm, rotary + KV write, SiLU · up — on CUDA Triton kernels, on CPU their pure-torch references,
-            bit-identical to the unfused step). Eagerly a GAR-1B decode step is 746 kernels, most of them small
-            element-wise ones (same profile file: ~46 per layer); fused, with ``"triton"`` attention, a layer is
-            13 launches (:func:`fused_decode_layer`). Not yet measured on a GPU: ``benchmarks/profile_request.py``
-            counts the fused step's kernels there (``eager_fused_kernels_per_step``).
+            bit-identical to the unfused step). Eagerly a GAR-1B decode step is 746 kernels, 291 fused (with SDPA
+            attention: ``benchmarks/results/2026-11-27-profile_request-nvidia-h100-80gb-hbm3-run3.json``); from
+            CUDA graphs at batch 1 on that H100, 3.38 → 2.47 ms per step with matmul attention, 3.20 → 2.33 ms
+            with Triton's (the decode_batching file above).
+        packed_qkv: with ``fused_ops``, compute each layer's q, k and v projections in one GEMV over
+            :func:`pack_qkv`'s matrix (the model's weights become its views: no extra memory). Default: on CUDA.
+            Off on CPU, where the fused step stays bit-identical to the unfused one.
     """
 
     def __init__(
@@ -253,6 +299,7 @@ class BatchDecoder:
         readback_depth: int = 8,
         attention: DecodeAttention = "sdpa",
         fused_ops: bool = False,
+        packed_qkv: bool | None = None,
     ) -> None:
         self.model = model
         self.lm = model.mllm.model.language_model  # LlamaModel: embed_tokens, layers, norm, rotary_emb
@@ -289,6 +336,12 @@ class BatchDecoder:
             raise ValueError(f"attention must be 'sdpa', 'matmul' or 'triton', got {attention!r}")
         self.attention: DecodeAttention = attention
         self.fused_ops = bool(fused_ops)
+        if packed_qkv and not self.fused_ops:
+            raise ValueError("packed_qkv needs fused_ops=True")
+        self.packed_qkv = self.fused_ops and (self.device.type == "cuda" if packed_qkv is None else bool(packed_qkv))
+        packed = [pack_qkv(layer) for layer in self.lm.layers] if self.packed_qkv else []
+        self.packed_qkv = self.packed_qkv and all(w is not None for w in packed)
+        self._qkv: list[torch.Tensor | None] = packed if self.packed_qkv else [None] * len(self.lm.layers)
         self.use_cuda_graphs = (self.device.type == "cuda") if cuda_graphs is None else bool(cuda_graphs)
         if self.use_cuda_graphs and self.device.type != "cuda":
             raise ValueError("CUDA graphs need the model on a CUDA device")
@@ -409,7 +462,7 @@ class BatchDecoder:
             for i, layer in enumerate(self.lm.layers):
                 x, pending = fused_decode_layer(
                     layer, x, pending, keys[i], values[i], cos[:, 0], sin[:, 0], seen, span, positions,
-                    self.num_kv_heads, self.attention, split,
+                    self.num_kv_heads, self.attention, split, self._qkv[i],
                 )  # fmt: skip
             h, _ = rms_norm(pending, self.lm.norm.weight, self.lm.norm.variance_epsilon, residual=x)  # [B, hidden]
         else:
