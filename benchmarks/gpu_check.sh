@@ -96,14 +96,14 @@ print("--vision-graphs" if ok and ms["vision_tower_cuda_graphs"] < ms["vision_to
 echo "   vision tower from CUDA graphs in the serving steps: ${VISION_FLAG:-no}"
 
 PARTIAL="$RESULTS/$DATE-serving-$DEVICE.partial.json"  # the comparisons finished so far, kept if the step fails
-step serving 180 "$RESULTS/$DATE-serving-$DEVICE.json" \
+step serving 170 "$RESULTS/$DATE-serving-$DEVICE.json" \
     "$PYTHON" benchmarks/serving.py --only engine_throughput --only batch1_agreement --only time_to_first_token \
     --only engine_throughput_one_image $([ "$QUICK" = 1 ] || echo --only known_image_encode) \
     --old-requests "$([ "$QUICK" = 1 ] && echo 1 || echo 4)" \
     --iters 3 --decode-attention "$ATTENTION" $FUSED_FLAG $VISION_FLAG --out "$PARTIAL"
 case "${STATUS[serving]}" in "rc=0 "*) rm -f "$PARTIAL" ;; *) if [ -n "${OUT:-}" ] && [ -f "$PARTIAL" ]; then cp "$PARTIAL" "$OUT"/; fi ;; esac
 if [ "$QUICK" = 1 ]; then  # the GPU tests of the decoder and the tile cache only
-    step gpu_tests 70 "$RESULTS/$DATE-gpu_tests-$DEVICE.txt" \
+    step gpu_tests 60 "$RESULTS/$DATE-gpu_tests-$DEVICE.txt" \
         "$PYTHON" -m pytest -q -m gpu tests/test_decoder.py tests/test_decode_attention.py tests/test_decode_ops.py \
         tests/test_tile_cache.py tests/test_prefix_cache.py \
         -p no:cacheprovider -rA
