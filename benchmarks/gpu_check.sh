@@ -14,9 +14,10 @@
 #   2. DATE-profile_request-DEVICE.json   where a 17-tile first question's time goes (the vision tower eager and
 #                                         replayed from CUDA graphs); kernels of a decode step, graph step times
 #   3. DATE-serving-DEVICE.json           benchmarks/serving.py with the fastest options of 1 and 2: old batch-1
-#                                         generate vs the engine (throughput at 1/4/8/16, bf16 batch-1 agreement,
-#                                         time to first token, throughput with the requests of a level on one
-#                                         image; known-image encode not with QUICK=1); if it fails or times out,
+#                                         generate vs the engine (bf16 batch-1 agreement of 32 tokens first,
+#                                         throughput at 1/4/8/16, time to first token, throughput with the
+#                                         requests of a level on one image; known-image encode not with QUICK=1);
+#                                         if it fails or times out,
 #                                         DATE-serving-DEVICE.partial.json keeps the comparisons it finished
 #   4. DATE-gpu_tests-DEVICE.txt          python -m pytest -q -m gpu tests/ (decoder CUDA graphs and attention
 #                                         variants, split-KV kernels, scheduler, tile cache and vision graphs,
@@ -97,9 +98,9 @@ echo "   vision tower from CUDA graphs in the serving steps: ${VISION_FLAG:-no}"
 
 PARTIAL="$RESULTS/$DATE-serving-$DEVICE.partial.json"  # the comparisons finished so far, kept if the step fails
 step serving 170 "$RESULTS/$DATE-serving-$DEVICE.json" \
-    "$PYTHON" benchmarks/serving.py --only engine_throughput --only batch1_agreement --only time_to_first_token \
+    "$PYTHON" benchmarks/serving.py --only batch1_agreement --only engine_throughput --only time_to_first_token \
     --only engine_throughput_one_image $([ "$QUICK" = 1 ] || echo --only known_image_encode) \
-    --old-requests "$([ "$QUICK" = 1 ] && echo 1 || echo 4)" \
+    --old-requests "$([ "$QUICK" = 1 ] && echo 1 || echo 4)" --agreement-new-tokens 32 \
     --iters 3 --decode-attention "$ATTENTION" $FUSED_FLAG $VISION_FLAG --out "$PARTIAL"
 case "${STATUS[serving]}" in "rc=0 "*) rm -f "$PARTIAL" ;; *) if [ -n "${OUT:-}" ] && [ -f "$PARTIAL" ]; then cp "$PARTIAL" "$OUT"/; fi ;; esac
 if [ "$QUICK" = 1 ]; then  # the GPU tests of the decoder and the tile cache only

@@ -668,7 +668,8 @@ def batch1_agreement(args: argparse.Namespace) -> dict[str, Any]:
     the same engine run on one request at a time (what batching alone changes). Reported as measured (on CUDA in
     bf16 batched kernels may round differently); the first differing position is listed per request."""
     pipeline = _pipeline(args)
-    side, new, n = args.image_size, args.new_tokens, args.agreement_requests
+    side, n = args.image_size, args.agreement_requests
+    new = args.agreement_new_tokens or args.new_tokens
     engine = _engine(args, pipeline)
     try:
         runtime = engine._ready()  # noqa: SLF001 - the token ids are not in the tool results
@@ -848,6 +849,12 @@ def main(argv: list[str] | None = None) -> int:
     serving.add_argument("--max-batch-size", type=int, default=16, help="engine slots (default 16)")
     serving.add_argument("--max-seq-len", type=int, default=None, help="engine positions per slot (default: auto)")
     serving.add_argument("--agreement-requests", type=int, default=16, help="requests in batch1_agreement")
+    serving.add_argument(
+        "--agreement-new-tokens",
+        type=int,
+        default=None,
+        help="max_new_tokens in batch1_agreement (default --new-tokens)",
+    )
     parser.add_argument(
         "--decode-attention", default="auto", choices=["auto", "sdpa", "matmul", "triton"], help="the engine's"
     )
