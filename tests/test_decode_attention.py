@@ -97,12 +97,23 @@ def test_kernel_matches_reference(b: int, kv: int, g: int, d: int, span: int, dt
 @pytest.mark.parametrize("split", [16, 64, 512])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_kernel_matches_reference_at_any_split(split: int, dtype: torch.dtype) -> None:
-    """The chunk size changes only the summation order: rows ending inside, at and before a chunk's end."""
+    """The chunk size changes only the summation order: rows ending inside, at and before a chunk's end; at
+    ``split=16``, 44 chunks per row (one load of the combine kernel)."""
     b, kv, g, d, span = 4, 2, 4, 64, 700
     q, keys, values = _inputs(b, kv, g, d, b, span, dtype, seed=3)
     lengths = torch.tensor([span, 1, split, split + 1])
     got = decode_attention(q, keys, values, lengths, scale=d**-0.5, span=span, split=split)
     _assert_close(got, decode_attention_reference(q, keys, values, lengths, scale=d**-0.5, span=span), dtype)
+
+
+@kernel_on_cpu
+def test_kernel_combines_more_chunks_than_one_load() -> None:
+    """A row of 70 chunks: the combine kernel adds them 64 at a time."""
+    b, kv, g, d, span = 2, 1, 3, 32, 70 * 16
+    q, keys, values = _inputs(b, kv, g, d, b, span, torch.float32, seed=4)
+    lengths = torch.tensor([span, 64 * 16 + 5])
+    got = decode_attention(q, keys, values, lengths, scale=d**-0.5, span=span, split=16)
+    _assert_close(got, decode_attention_reference(q, keys, values, lengths, scale=d**-0.5, span=span), torch.float32)
 
 
 def test_split_size_gives_a_few_programs_per_sm() -> None:
@@ -216,12 +227,12 @@ for dtype, arch, block_g, d, block_d in shapes:
               "IEEE": dtype == "*fp32", "ROUND_P": dtype != "*fp32"}
     split = triton.compile(ASTSource(fn=_split_kernel, signature=sig, constexprs=consts),
                            target=GPUTarget("cuda", arch, 32), options={"num_warps": 4})
-    sig = {"part_out_ptr": "*fp32", "part_stats_ptr": "*fp32", "lengths_ptr": "*i64", "out_ptr": dtype, "G": "i32",
+    sig = {"part_out_ptr": "*fp32", "part_stats_ptr": "*fp32", "lengths_ptr": "*i64", "out_ptr": dtype,
            "splits": "i32", "HEAD_D": "constexpr", "SPLIT_N": "constexpr", "BLOCK_G": "constexpr",
-           "BLOCK_D": "constexpr"}
+           "BLOCK_D": "constexpr", "BLOCK_S": "constexpr"}
     combine = triton.compile(ASTSource(fn=_combine_kernel, signature=sig,
                                        constexprs={"HEAD_D": d, "SPLIT_N": 256, "BLOCK_G": block_g,
-                                                   "BLOCK_D": block_d}),
+                                                   "BLOCK_D": block_d, "BLOCK_S": 64}),
                              target=GPUTarget("cuda", arch, 32), options={"num_warps": 4})
     assert "cubin" in split.asm and "cubin" in combine.asm
 print("ok")
