@@ -79,7 +79,7 @@ rm -f "$DECODE.stdout" "$OUT/$(basename "$DECODE").stdout" 2>/dev/null
 BEST="$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1])).get("fastest_graph_variant_at_smallest_batch") or "")' "$DECODE" 2>/dev/null)"
 ATTENTION=sdpa
 case "$BEST" in *matmul*) ATTENTION=matmul ;; *triton*) ATTENTION=triton ;; esac
-FUSED_FLAG=""
+FUSED_FLAG=--no-fused-ops  # said either way: the engine's default on CUDA is on
 case "$BEST" in *fused*) FUSED_FLAG=--fused-ops ;; esac
 echo "   fastest decode variant at batch 1: ${BEST:-none}: the serving steps run --decode-attention $ATTENTION $FUSED_FLAG"
 
@@ -94,7 +94,8 @@ ms = q["median_ms"]
 ok = q.get("vision_cuda_graph_features_equal_eager") and q.get("vision_cuda_graphs_captured")
 print("--vision-graphs" if ok and ms["vision_tower_cuda_graphs"] < ms["vision_tower_via_tile_cache"] else "")
 ' "$PROFILE" 2>/dev/null)"
-echo "   vision tower from CUDA graphs in the serving steps: ${VISION_FLAG:-no}"
+VISION_FLAG="${VISION_FLAG:---no-vision-graphs}"
+echo "   vision tower in the serving steps: $VISION_FLAG"
 
 PARTIAL="$RESULTS/$DATE-serving-$DEVICE.partial.json"  # the comparisons finished so far, kept if the step fails
 step serving 170 "$RESULTS/$DATE-serving-$DEVICE.json" \

@@ -159,19 +159,25 @@ def _pipeline(args: argparse.Namespace) -> Any:
 
 
 def _model_info(args: argparse.Namespace) -> dict[str, Any]:
+    from gar_tools.engine.local import _speed_options
+
     pipeline = _pipeline(args)
+    attention, fused, vision = _speed_options(pipeline.device, _decode_options(args))
     return {
         "preset": _STATE["preset"],
         "device": _device_name(),
         "dtype": str(pipeline.dtype).removeprefix("torch."),
         "build_and_load_s": _STATE["build_and_load_s"],
-        **_decode_options(args),
+        "decode_attention": attention,  # what the engine runs (flags, or its defaults for this device)
+        "decode_fused_ops": fused,
+        "vision_cuda_graphs": vision,
         "prefix_cache_mb": "engine default" if args.prefix_cache_mb is None else args.prefix_cache_mb,
     }
 
 
 def _decode_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The engine's speed options (``--decode-attention``, ``--fused-ops``, ``--vision-graphs``)."""
+    """The engine's speed options as asked (``--decode-attention``, ``--fused-ops``, ``--vision-graphs``; None: the
+    engine's default)."""
     return {
         "decode_attention": args.decode_attention,
         "decode_fused_ops": args.fused_ops,
@@ -858,8 +864,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--decode-attention", default="auto", choices=["auto", "sdpa", "matmul", "triton"], help="the engine's"
     )
-    parser.add_argument("--fused-ops", action="store_true", help="the engine's decode step uses fused kernels (CUDA)")
-    parser.add_argument("--vision-graphs", action="store_true", help="the engine replays the vision tower (CUDA)")
+    parser.add_argument(
+        "--fused-ops",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the engine's decode step uses fused kernels (default: the engine's, on with CUDA)",
+    )
+    parser.add_argument(
+        "--vision-graphs",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the engine replays the vision tower from CUDA graphs (default: the engine's, on with CUDA)",
+    )
     parser.add_argument(
         "--prefix-cache-mb", type=float, default=None, help="the engine's prefix cache (0: off, whole prefills)"
     )

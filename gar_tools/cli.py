@@ -249,19 +249,21 @@ def _add_serving_options(parser: argparse.ArgumentParser) -> None:
         "--decode-attention",
         choices=["auto", "sdpa", "matmul", "triton"],
         default=None,
-        help="a decode step's attention over the KV cache (default auto: sdpa; triton: split-KV kernel, CUDA)",
+        help="a decode step's attention over the KV cache (default auto: triton, the split-KV kernel, on CUDA; "
+        "sdpa elsewhere)",
     )
     group.add_argument(
         "--fused-ops",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         default=None,
-        help="fused Triton kernels for each decode layer's element-wise work (CUDA; off by default)",
+        help="fused Triton kernels for each decode layer's element-wise work and one GEMV for q/k/v (default: on "
+        "with CUDA)",
     )
     group.add_argument(
         "--vision-graphs",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         default=None,
-        help="replay the vision tower's tile chunks from CUDA graphs (CUDA; off by default)",
+        help="replay the vision tower's tile chunks from CUDA graphs (default: on with CUDA)",
     )
     group.add_argument(
         "--tile-cache-mb",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 from pathlib import Path
 
@@ -151,6 +152,25 @@ def test_serving_flags_reach_the_engine(tiny_pipeline) -> None:
     assert info.vision_cuda_graphs is False and info.decode_cuda_graphs is False  # asked for, but this is a CPU
     defaults = _engine_kwargs(build_parser().parse_args(["worker"]))
     assert not {"decode_fused_ops", "vision_cuda_graphs", "decode_attention", "prefill_chunk_tokens"} & set(defaults)
+    turned_off = _engine_kwargs(build_parser().parse_args(["worker", "--no-fused-ops", "--no-vision-graphs"]))
+    assert turned_off["decode_fused_ops"] is False and turned_off["vision_cuda_graphs"] is False  # CUDA's defaults off
+
+
+@pytest.mark.parametrize(
+    "asked,cuda,cpu",
+    [
+        (("auto", None, None), ("triton", True, True), ("sdpa", False, False)),  # the defaults
+        (("matmul", False, True), ("matmul", False, True), ("matmul", False, True)),  # what was asked, anywhere
+    ],
+)
+def test_speed_options_default_to_the_fastest_measured_on_cuda(asked, cuda, cpu) -> None:
+    from gar_tools.engine.local import _speed_options
+
+    settings = dict(zip(("decode_attention", "decode_fused_ops", "vision_cuda_graphs"), asked, strict=True))
+    if asked[0] == "auto" and importlib.util.find_spec("triton") is None:
+        cuda = ("sdpa", *cuda[1:])  # without Triton the split-KV kernel cannot run
+    assert _speed_options("cuda:0", settings) == cuda
+    assert _speed_options("cpu", settings) == cpu
 
 
 def test_serve_names_the_local_engine_flags_a_remote_engine_ignores() -> None:
