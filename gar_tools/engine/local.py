@@ -217,11 +217,7 @@ class _Runtime:
             prefill_chunk_tokens=None if chunk == "auto" else chunk,
             prefix_cache=self.prefixes,
         ).start()
-        self.tiles = TileFeatureCache(
-            settings["tile_cache_bytes"],
-            device=pipeline.device,
-            cuda_graphs=vision_graphs,
-        )
+        self.tiles = TileFeatureCache(settings["tile_cache_bytes"], device=pipeline.device, cuda_graphs=vision_graphs)
         # uint8 resized tiles per image (host memory), bounded like the feature cache
         self.image_tiles = ImageValueCache(self.tiles.max_bytes)
         tokenizer = pipeline.processor.tokenizer

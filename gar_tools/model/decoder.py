@@ -340,9 +340,9 @@ class BatchDecoder:
         self.fused_ops = bool(fused_ops)
         if packed_qkv and not self.fused_ops:
             raise ValueError("packed_qkv needs fused_ops=True")
-        self.packed_qkv = self.fused_ops and (self.device.type == "cuda" if packed_qkv is None else bool(packed_qkv))
-        packed = [pack_qkv(layer) for layer in self.lm.layers] if self.packed_qkv else []
-        self.packed_qkv = self.packed_qkv and all(w is not None for w in packed)
+        wanted = self.fused_ops and (self.device.type == "cuda" if packed_qkv is None else bool(packed_qkv))
+        packed = [pack_qkv(layer) for layer in self.lm.layers] if wanted else []
+        self.packed_qkv = wanted and all(w is not None for w in packed)  # not where a projection has a bias
         self._qkv: list[torch.Tensor | None] = packed if self.packed_qkv else [None] * len(self.lm.layers)
         self.use_cuda_graphs = (self.device.type == "cuda") if cuda_graphs is None else bool(cuda_graphs)
         if self.use_cuda_graphs and self.device.type != "cuda":
