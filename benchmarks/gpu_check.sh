@@ -12,7 +12,8 @@
 #                                         the packed q/k/v GEMV), GAR-1B size preset in bf16; the fastest graph
 #                                         variant at batch 1 is the one the engine runs in the next steps
 #   2. DATE-profile_request-DEVICE.json   where a 17-tile first question's time goes (the vision tower eager and
-#                                         replayed from CUDA graphs); kernels of a decode step, graph step times
+#                                         replayed from CUDA graphs, with the one-kernel q/k rotation and with
+#                                         timm's); kernels of a decode step, graph step times
 #   3. DATE-serving-DEVICE.json           benchmarks/serving.py with the fastest options of 1 and 2: old batch-1
 #                                         generate vs the engine (bf16 batch-1 agreement of 32 tokens first,
 #                                         throughput at 1/4/8/16, time to first token, throughput with the
@@ -21,7 +22,7 @@
 #                                         DATE-serving-DEVICE.partial.json keeps the comparisons it finished
 #   4. DATE-gpu_tests-DEVICE.txt          python -m pytest -q -m gpu tests/ (decoder CUDA graphs and attention
 #                                         variants, split-KV kernels, scheduler, tile cache and vision graphs,
-#                                         prefix K/V reuse, RoI replay kernel)
+#                                         the vision q/k rotation kernel, prefix K/V reuse, RoI replay kernel)
 #   5. describe_regions, followup_questions (prefix cache on/off), prefill_chunking, roi_replay JSONs (not with
 #      QUICK=1)
 # Then a summary of exit codes. Commit the result files (git add benchmarks/results/) and add README rows.
@@ -107,7 +108,7 @@ case "${STATUS[serving]}" in "rc=0 "*) rm -f "$PARTIAL" ;; *) if [ -n "${OUT:-}"
 if [ "$QUICK" = 1 ]; then  # the GPU tests of the decoder and the tile cache only
     step gpu_tests 60 "$RESULTS/$DATE-gpu_tests-$DEVICE.txt" \
         "$PYTHON" -m pytest -q -m gpu tests/test_decoder.py tests/test_decode_attention.py tests/test_decode_ops.py \
-        tests/test_tile_cache.py tests/test_prefix_cache.py \
+        tests/test_tile_cache.py tests/test_prefix_cache.py tests/test_vision_rope.py \
         -p no:cacheprovider -rA
 else
     step gpu_tests 130 "$RESULTS/$DATE-gpu_tests-$DEVICE.txt" \

@@ -5,7 +5,8 @@
 A first question (cold tile cache, a new image each time) on a ``--side`` × ``--side`` image (1792: 4×4 tiles +
 thumbnail = 17) is timed phase by phase as the local engine runs it, each phase synchronized: reading the PNG,
 the image digest, resizing into uint8 tiles, ``prepare`` (masks, prompt map, token ids), the vision tower through
-the tile cache (on CUDA also with each chunk of tiles replayed from a CUDA graph, checked equal), the input
+the tile cache (on CUDA also with each chunk of tiles replayed from a CUDA graph, checked equal: captured with the
+q/k rotation as one kernel, and with timm's own), the input
 embeddings (scatter + RoI replay), and the whole-prompt prefill. Then one decode step
 at batch 1 runs eagerly under ``torch.profiler`` (kernels per step and the most expensive ones) and, on CUDA,
 from its CUDA graph (time per replay). The model is built like ``benchmarks/serving.py``'s: ``gar-1b`` (random
@@ -69,7 +70,10 @@ def phases(pipeline: Any, folder: Path, side: int, iters: int) -> dict[str, Any]
     """Median ms of each phase of a first question on a new image (one warm-up first)."""
     rows: dict[str, list[float]] = {}
     cuda = torch.cuda.is_available()
-    graphed = TileFeatureCache(device=pipeline.device, cuda_graphs=True, max_bytes=0) if cuda else None
+    graphs = {"device": pipeline.device, "cuda_graphs": True, "max_bytes": 0}
+    graphed = TileFeatureCache(**graphs) if cuda else None  # type: ignore[arg-type]
+    # the same graphs captured with timm's own q/k rotation (the default captures it as one kernel)
+    unfused = TileFeatureCache(**graphs, fused_rope=False) if cuda else None  # type: ignore[arg-type]
     equal: list[bool] = []
     for i in range(iters + 1):
         path = _image(folder, side, 100 + i)
@@ -84,6 +88,8 @@ def phases(pipeline: Any, folder: Path, side: int, iters: int) -> dict[str, Any]
         if graphed is not None:  # the same, each chunk of tiles replayed from a CUDA graph (captured in the warm-up)
             replayed, graph_ms = _timed(lambda: graphed.image_features(pipeline.model, prepared, digest))  # noqa: B023
             equal.append(torch.equal(replayed, features))
+            replayed, unfused_ms = _timed(lambda: unfused.image_features(pipeline.model, prepared, digest))  # noqa: B023
+            equal.append(torch.equal(replayed, features))
         embeds, embed_ms = _timed(lambda: pipeline.embed(prepared, features))  # noqa: B023
         decoder = BatchDecoder(pipeline.model, slots=1, max_len=embeds.shape[1] + 8, cuda_graphs=False)
         _, prefill_ms = _timed(lambda: decoder.prefill(0, embeds[0]))  # noqa: B023
@@ -96,6 +102,7 @@ def phases(pipeline: Any, folder: Path, side: int, iters: int) -> dict[str, Any]
             ("prepare", prepare_ms),
             ("vision_tower_via_tile_cache", vision_ms),
             *((("vision_tower_cuda_graphs", graph_ms),) if graphed is not None else ()),
+            *((("vision_tower_cuda_graphs_unfused_rope", unfused_ms),) if unfused is not None else ()),
             ("embeddings_and_roi_replay", embed_ms),
             ("prefill_whole_prompt", prefill_ms),
         ):
@@ -105,9 +112,13 @@ def phases(pipeline: Any, folder: Path, side: int, iters: int) -> dict[str, Any]
         "tiles": int(prepared.image_tiles.shape[0]),
         "prompt_tokens": int(embeds.shape[1]),
         "median_ms": medians,
-        "sum_ms": round(sum(v for k, v in medians.items() if k != "vision_tower_cuda_graphs"), 2),
+        "sum_ms": round(sum(v for k, v in medians.items() if not k.startswith("vision_tower_cuda_graphs")), 2),
         "vision_cuda_graph_features_equal_eager": all(equal) if graphed is not None else None,
         "vision_cuda_graphs_captured": bool(graphed is not None and graphed.cuda_graphs),
+        # whether the graphs kept the one-kernel q/k rotation (each checked bit for bit against the eager tower)
+        "vision_cuda_graphs_fused_rope": (
+            all(graph.fused_rope for graph in graphed._graphs.values()) if graphed and graphed.cuda_graphs else None  # noqa: SLF001
+        ),
         "vision_tower_profile": _vision_profile(pipeline, prepared, digest),
     }
 

@@ -1,6 +1,6 @@
 """GPU kernels of gar_tools (shipped as ``gar_tools.kernels``), each with a pure-torch reference: RoI feature replay,
-the split-KV attention of a decode step, and its fused element-wise work (residual add + RMSNorm, rotary + KV-cache
-write, SiLU · up)."""
+the split-KV attention of a decode step, its fused element-wise work (residual add + RMSNorm, rotary + KV-cache
+write, SiLU · up), and the vision tower's q/k rotation."""
 
 from .decode_attention import decode_attention, decode_attention_backend, decode_attention_reference
 from .rms_norm import rms_norm, rms_norm_backend, rms_norm_reference
@@ -19,6 +19,7 @@ from .roi_replay import (
 )
 from .rotary_kv import rotary_kv, rotary_kv_backend, rotary_kv_reference
 from .silu_mul import silu_mul, silu_mul_backend, silu_mul_reference
+from .vision_rope import vision_rope, vision_rope_backend, vision_rope_reference
 
 __all__ = [
     "BINS",
@@ -44,4 +45,7 @@ __all__ = [
     "silu_mul_reference",
     "spatial_scale",
     "triton_available",
+    "vision_rope",
+    "vision_rope_backend",
+    "vision_rope_reference",
 ]

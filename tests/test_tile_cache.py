@@ -227,5 +227,6 @@ def test_cuda_graph_vision_equals_eager(tiny_pipeline, demo1) -> None:
                 graphed.image_features(model, prepared, digest), eager.image_features(model, prepared, digest)
             )
         assert graphed.cuda_graphs and len(graphed._graphs) == 1
+        assert all(graph.fused_rope for graph in graphed._graphs.values())  # the one-kernel q/k rotation, kept
     finally:
         tiny_pipeline.model.to("cpu")

@@ -90,6 +90,8 @@ class TileFeatureCache:
             default here; :class:`~gar_tools.engine.local.LocalEngine` turns it on with CUDA (on an H200, 17
             tiles of GAR-1B in 68 ms instead of 104:
             ``benchmarks/results/2026-11-27-profile_request-nvidia-h200-run4.json``).
+        fused_rope: capture the graphs with the attention blocks' q/k rotation in one kernel (default; kept only
+            where a replay equals the eager tower bit for bit: :class:`~gar_tools.model.vision_graph.VisionGraph`).
     """
 
     def __init__(
@@ -99,6 +101,7 @@ class TileFeatureCache:
         device: torch.device | str | None = None,
         chunk_tiles: int | None | str = "auto",
         cuda_graphs: bool = False,
+        fused_rope: bool = True,
     ) -> None:
         on_cuda = device is not None and torch.device(device).type == "cuda"
         if max_bytes is None:
@@ -112,6 +115,7 @@ class TileFeatureCache:
             raise ValueError(f"chunk_tiles must be a positive integer or None, got {chunk_tiles!r}")
         self.chunk_tiles: int | None = chunk_tiles
         self.cuda_graphs = bool(cuda_graphs)
+        self.fused_rope = bool(fused_rope)
         self._graphs: dict[tuple[int, int], VisionGraph] = {}  # (id(model), tiles) → captured graph
         self._entries: OrderedDict[_CacheKey, _Entry] = OrderedDict()
         self.nbytes = 0
@@ -203,7 +207,7 @@ class TileFeatureCache:
         key = (id(model), tiles)
         if key not in self._graphs:
             try:
-                self._graphs[key] = VisionGraph(model, tiles)
+                self._graphs[key] = VisionGraph(model, tiles, fused_rope=self.fused_rope)
             except Exception as error:  # a tower that cannot be captured still runs, eagerly
                 warnings.warn(
                     f"the vision tower could not be captured in a CUDA graph ({type(error).__name__}: {error}); "
