@@ -26,7 +26,7 @@ from PIL import Image
 from gar_tools.images import load_image
 from gar_tools.model import select_tile_grid
 from gar_tools.model.processing import GarProcessor, _arrangements, load_image_processor_config
-from gar_tools.model.tiling import tile_uint8
+from gar_tools.model.tiling import resize_uint8, tile_uint8
 
 ASSETS = Path(__file__).resolve().parents[1] / "gar_tools" / "assets"
 REFERENCE = Path(__file__).resolve().parent / "data" / "gar-reference"
@@ -151,6 +151,26 @@ def test_prepare_matches_the_v1_resize_formula(tiny_pipeline, width, height, max
     for k, mask in enumerate(masks):
         prompt_map[mask & (prompt_map == 5)] = k
     assert torch.allclose(prepared.prompt_pixel_values, _reference_tiles(prompt_map, grid, nearest=True), atol=1e-6)
+
+
+def test_an_image_at_its_canvas_size_is_not_resized() -> None:
+    """An image exactly the size of its canvas (here 3×2 tiles of 16) is cut into tiles as it is, as torchvision
+    returns it, and resizing it anyway would give the same values."""
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (32, 48, 3), dtype=np.uint8)
+    prompt_map = rng.integers(0, 6, (32, 48), dtype=np.uint8)
+    tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+    for resample in ("bicubic", "nearest"):
+        assert resize_uint8(tensor[None], (32, 48), resample).data_ptr() == tensor.data_ptr()
+        resized = torch.nn.functional.interpolate(
+            tensor[None].float(), size=(32, 48), mode=resample, **({"antialias": True} if resample == "bicubic" else {})
+        )
+        assert torch.equal(resized.round().to(torch.uint8), tensor[None])
+    ours = tile_uint8(tensor, (3, 2), 16, "bicubic")
+    assert torch.equal((ours.float() / 255 - 0.5) / 0.5, _reference_tiles(image, (3, 2), nearest=False, tile=16))
+    assert torch.equal(ours[1:].reshape(2, 3, 3, 16, 16).permute(2, 0, 3, 1, 4).reshape(3, 32, 48), tensor)
+    ours_map = tile_uint8(torch.from_numpy(prompt_map)[None], (3, 2), 16, "nearest").expand(-1, 3, -1, -1)
+    assert torch.equal((ours_map.float() / 255 - 0.5) / 0.5, _reference_tiles(prompt_map, (3, 2), True, tile=16))
 
 
 @pytest.mark.parametrize("max_tiles", [8, 16])
