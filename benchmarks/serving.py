@@ -48,6 +48,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from gar_tools.model.options import DECODE_ATTENTION_CHOICES
+
 ASSETS = Path(__file__).resolve().parents[1] / "gar_tools" / "assets"
 
 
@@ -861,9 +863,7 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="max_new_tokens in batch1_agreement (default --new-tokens)",
     )
-    parser.add_argument(
-        "--decode-attention", default="auto", choices=["auto", "sdpa", "matmul", "triton"], help="the engine's"
-    )
+    parser.add_argument("--decode-attention", default="auto", choices=DECODE_ATTENTION_CHOICES, help="the engine's")
     parser.add_argument(
         "--fused-ops",
         action=argparse.BooleanOptionalAction,

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from gar_tools.errors import GarToolsError, InputError
+from gar_tools.model.options import DECODE_ATTENTION_CHOICES
 from gar_tools.results import TINY_MODEL_NOTE, ToolResult
 from gar_tools.tools import ToolSpec, get_tool, tools
 
@@ -247,7 +248,7 @@ def _add_serving_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--decode-attention",
-        choices=["auto", "sdpa", "matmul", "triton"],
+        choices=DECODE_ATTENTION_CHOICES,
         default=None,
         help="a decode step's attention over the KV cache (default auto: triton, the split-KV kernel, on CUDA; "
         "sdpa elsewhere)",

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from gar_tools.catalog import ASSETS_DIR
 from gar_tools.errors import GarToolsError, InputError
 from gar_tools.images import ImagePolicy
+from gar_tools.model.options import DECODE_ATTENTION_CHOICES
 
 __all__ = [
     "ENGINE_OPTIONS",
@@ -123,7 +124,7 @@ ENGINE_OPTIONS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
     "kv_budget_tokens": ("kv_budget_tokens", lambda value, name: _integer(value, name, 1)),
     "max_queue": ("max_queue", lambda value, name: _integer(value, name, 0)),
     "prefill_chunk_tokens": ("prefill_chunk_tokens", _chunk_tokens),
-    "decode_attention": ("decode_attention", _choice(("auto", "sdpa", "matmul", "triton"))),
+    "decode_attention": ("decode_attention", _choice(DECODE_ATTENTION_CHOICES)),
     "fused_ops": ("decode_fused_ops", parse_bool),
     "vision_graphs": ("vision_cuda_graphs", parse_bool),
     "tile_cache_mb": ("tile_cache_bytes", _megabytes),

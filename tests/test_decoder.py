@@ -130,7 +130,13 @@ def test_fused_step_with_references_is_the_unfused_step_bit_for_bit(
 
 
 def test_decoder_options_are_checked(tiny_pipeline) -> None:
-    with pytest.raises(ValueError, match="attention must be 'sdpa', 'matmul' or 'triton'"):
+    from typing import get_args
+
+    from gar_tools.model.decoder import DecodeAttention
+    from gar_tools.model.options import DECODE_ATTENTIONS
+
+    assert get_args(DecodeAttention) == DECODE_ATTENTIONS  # the type and the names the CLI and servers list
+    with pytest.raises(ValueError, match="attention must be one of sdpa, matmul, triton"):
         BatchDecoder(tiny_pipeline.model, slots=1, max_len=8, attention="flash")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="packed_qkv needs fused_ops=True"):
         BatchDecoder(tiny_pipeline.model, slots=1, max_len=8, packed_qkv=True)

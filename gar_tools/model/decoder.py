@@ -34,6 +34,7 @@ from gar_tools.kernels.rotary_kv import rotary_kv
 from gar_tools.kernels.silu_mul import silu_mul
 from gar_tools.model.kv_cache import StaticKVCache
 from gar_tools.model.modeling import GarModel
+from gar_tools.model.options import DECODE_ATTENTIONS
 
 __all__ = [
     "BatchDecoder",
@@ -334,8 +335,8 @@ class BatchDecoder:
             raise ValueError(f"span buckets must be positive and end at max_len={max_len}, got {self.span_buckets}")
         # Host copy of the positions (the device buffer advances inside the step): picks the span without a sync.
         self._host_positions = [self.cache.scratch_position] * slots
-        if attention not in ("sdpa", "matmul", "triton"):
-            raise ValueError(f"attention must be 'sdpa', 'matmul' or 'triton', got {attention!r}")
+        if attention not in DECODE_ATTENTIONS:
+            raise ValueError(f"attention must be one of {', '.join(DECODE_ATTENTIONS)}, got {attention!r}")
         self.attention: DecodeAttention = attention
         self.fused_ops = bool(fused_ops)
         if packed_qkv and not self.fused_ops:
