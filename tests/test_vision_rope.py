@@ -176,6 +176,8 @@ def test_unsupported_configurations_keep_their_forward(tiny_pipeline) -> None:
     assert torch.equal(attention_forward(attention, x), attention(x))
     emb = _randn(8, 32, dtype=torch.float32, seed=1)
     assert torch.equal(attention_forward(attention, x, rope=emb), attention(x, rope=emb))
+    per_sample = _randn(2, 8, 32, dtype=torch.float32, seed=2)  # timm's batched form: the module's own forward
+    assert torch.equal(attention_forward(attention, x, rope=per_sample), attention(x, rope=per_sample))
 
 
 # --- GPU ---------------------------------------------------------------------------------------------------------

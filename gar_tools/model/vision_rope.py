@@ -63,7 +63,7 @@ def attention_forward(
     per-sample one, training) goes to the module's own forward."""
     batch, tokens, _ = x.shape  # x: [B, N, C]
     prefix = self.num_prefix_tokens
-    if rope is None or self.training or rope.dim() != 2 or rope.shape[0] != tokens - prefix:
+    if rope is None or self.training or tuple(rope.shape) != (tokens - prefix, 2 * self.head_dim):
         return type(self).forward(self, x, rope=rope, attn_mask=attn_mask, is_causal=is_causal)
     qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)  # [B, H, N, D] views of the projection
