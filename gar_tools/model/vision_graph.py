@@ -9,10 +9,11 @@ into the graph's static buffers, the graph replays, the features are copied out.
 
 The graph runs the same computation on the same shapes as :meth:`GarModel.encode_images` (the GPU tests compare
 the two with ``torch.equal``). By default it is captured with the attention blocks' q/k rotation in one kernel
-(:func:`~gar_tools.model.vision_rope.fused_vision_rope`, ~20 of the ~65 ms of vision kernels of 17 tiles on an H100
-were that rotation's element-wise kernels and concatenations); right after the capture, one replay on random tiles
-with a region is compared bit for bit with the tower run eagerly as timm defines it, and if they differ the graph
-is captured again without the kernel (with a warning).
+(:func:`~gar_tools.model.vision_rope.fused_vision_rope`: about 20 of the 65 ms of vision kernels of 17 tiles on an
+H100 were that rotation's element-wise kernels and concatenations, by the operator table of
+``benchmarks/results/2026-11-27-profile_request-nvidia-h100-80gb-hbm3-run3.json``); right after the capture, one
+replay on random tiles with a region is compared bit for bit with the tower run eagerly as timm defines it, and if
+they differ the graph is captured again without the kernel (with a warning).
 """
 
 from __future__ import annotations
