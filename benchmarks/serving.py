@@ -431,7 +431,10 @@ def time_to_first_token(args: argparse.Namespace) -> dict[str, Any]:
     """Time to first token of one request on an idle engine, for a ``--ttft-image-size`` image (default 1792: a
     4×4 grid + thumbnail = 17 tiles) never seen before (cold tile cache), through the progress callback (the
     first token, whatever its text; ``astream`` yields the first non-empty text delta, reported too). The old
-    path's: ``prepare`` + ``generate(max_new_tokens=1)``."""
+    path's: ``prepare`` + ``generate(max_new_tokens=1)``. ``new_load_ms_median`` is the engine's reading of the
+    image (the PNG's bytes, decoding them, their digests); ``new_first_token_after_load`` the first token less
+    that, per call: what the model side (``prepare``, vision tower, prefill and the hand-offs) takes once the
+    pixels are in memory, the part the issue's 100 ms budget was drawn from (vision tower + prefill)."""
     import asyncio
 
     pipeline = _pipeline(args)
@@ -440,12 +443,15 @@ def time_to_first_token(args: argparse.Namespace) -> dict[str, Any]:
     toolkit_first: list[float] = []
     try:
         _run_engine(engine, [_request(side, 3000, 0, 2)])  # warm-up at this image size
-        new_ms, encode, prefill = [], [], []
+        new_ms, after_load, load, encode, prefill = [], [], [], [], []
         for i in range(args.iters):
             _wall, results, first = _run_engine(engine, [_request(side, 3001 + i, i, 2)])
+            timings = results[0].timings
             new_ms.append(first[0])
-            encode.append(results[0].timings.encode_ms)
-            prefill.append(results[0].timings.prefill_ms)
+            after_load.append(first[0] - timings.load_ms)
+            load.append(timings.load_ms)
+            encode.append(timings.encode_ms)
+            prefill.append(timings.prefill_ms)
 
         from gar_tools.toolkit import GarToolkit
 
@@ -479,10 +485,18 @@ def time_to_first_token(args: argparse.Namespace) -> dict[str, Any]:
         "tiles": tiles,
         "old_prepare_plus_generate_1_token": _ms(old_ms),
         "new_first_token_via_progress": _ms(new_ms),
+        "new_load_ms_median": round(statistics.median(load), 2),
+        "new_first_token_after_load": _ms(after_load),
         "new_encode_ms_median": round(statistics.median(encode), 2),
         "new_prefill_ms_median": round(statistics.median(prefill), 2),
         "new_first_text_delta_via_astream": _ms(toolkit_first),
-        "targets_met": {"gpu_ttft_le_100_ms_17_tiles": (median_new <= 100 and tiles == 17) if cuda else None},
+        "targets_met": {
+            "gpu_ttft_le_100_ms_17_tiles": (median_new <= 100 and tiles == 17) if cuda else None,
+            # not the target (its image is read inside the clock); how far the model side is from it
+            "gpu_ttft_after_load_le_100_ms_17_tiles": (
+                (statistics.median(after_load) <= 100 and tiles == 17) if cuda else None
+            ),
+        },
     }
 
 

@@ -33,7 +33,7 @@ def test_serving_old_path_vs_engine_smallest_configuration(tmp_path) -> None:
         "serving.py",
         *("--only", "known_image_encode", "--only", "engine_throughput", "--only", "prefill_chunking"),
         *("--only", "engine_throughput_one_image", "--only", "batch1_agreement", "--agreement-requests", "2"),
-        *("--only", "followup_questions", "--ttft-image-size", "448"),
+        *("--only", "followup_questions", "--only", "time_to_first_token", "--ttft-image-size", "448"),
         *("--concurrency", "1", "2", "--old-requests", "1", "--new-tokens", "3", "--iters", "1"),
         *("--image-size", "448", "--out", str(out)),
     )
@@ -67,6 +67,10 @@ def test_serving_old_path_vs_engine_smallest_configuration(tmp_path) -> None:
     assert followup["prefix_cache_on"]["second_question_prompt_tokens_reused"] > 512  # thumbnail + 1 tile at least
     assert followup["prefix_cache_off"]["second_question_prompt_tokens_reused"] == 0
     assert followup["old_one_after_another"]["questions"] == 8
+    ttft = report["results"]["time_to_first_token"]  # the first token with and without reading the image
+    first, after = ttft["new_first_token_via_progress"], ttft["new_first_token_after_load"]
+    assert 0 < ttft["new_load_ms_median"] and 0 < after["median_ms"] < first["median_ms"]
+    assert set(ttft["targets_met"]) == {"gpu_ttft_le_100_ms_17_tiles", "gpu_ttft_after_load_le_100_ms_17_tiles"}
 
 
 def test_gpu_check_script_names_existing_scripts_and_flags() -> None:
