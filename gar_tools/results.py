@@ -243,5 +243,10 @@ class ModelInfo(BaseModel):
     vision_cuda_graphs: bool | None = Field(
         default=None, description="Whether the vision tower's tile chunks replay CUDA graphs."
     )
+    vision_fused_rope: bool | None = Field(
+        default=None,
+        description="Whether the captured vision graphs rotate q and k in one kernel (kept only where a replay "
+        "equals the eager tower); null until a graph is captured, or without vision graphs.",
+    )
     queued: int | None = Field(default=None, description="Requests waiting now.")
     running: int | None = Field(default=None, description="Requests generating now.")

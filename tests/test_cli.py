@@ -150,6 +150,7 @@ def test_serving_flags_reach_the_engine(tiny_pipeline) -> None:
     assert info.prefix_cache_max_bytes == 0 and info.tile_cache_max_bytes == 2**20
     assert (info.prefill_chunk_tokens, info.decode_attention, info.decode_fused_ops) == (1024, "matmul", True)
     assert info.vision_cuda_graphs is False and info.decode_cuda_graphs is False  # asked for, but this is a CPU
+    assert info.vision_fused_rope is None  # no vision graph captured
     defaults = _engine_kwargs(build_parser().parse_args(["worker"]))
     assert not {"decode_fused_ops", "vision_cuda_graphs", "decode_attention", "prefill_chunk_tokens"} & set(defaults)
     turned_off = _engine_kwargs(build_parser().parse_args(["worker", "--no-fused-ops", "--no-vision-graphs"]))

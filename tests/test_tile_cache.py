@@ -210,6 +210,7 @@ def test_vision_graphs_need_cuda_and_leave_cpu_eager(tiny_pipeline, demo1) -> No
         graphed.image_features(tiny_pipeline.model, prepared, digest),
         plain.image_features(tiny_pipeline.model, prepared, digest),
     )
+    assert graphed.fused_rope_kept is None  # nothing captured: info() reports no rotation kernel either way
 
 
 @pytest.mark.gpu
@@ -228,5 +229,6 @@ def test_cuda_graph_vision_equals_eager(tiny_pipeline, demo1) -> None:
             )
         assert graphed.cuda_graphs and len(graphed._graphs) == 1
         assert all(graph.fused_rope for graph in graphed._graphs.values())  # the one-kernel q/k rotation, kept
+        assert graphed.fused_rope_kept is True and eager.fused_rope_kept is None  # what info() reports
     finally:
         tiny_pipeline.model.to("cpu")

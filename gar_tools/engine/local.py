@@ -404,6 +404,7 @@ class LocalEngine(Engine):
             decode_attention=runtime.decoder.attention,
             decode_fused_ops=runtime.decoder.fused_ops,
             vision_cuda_graphs=runtime.tiles.cuda_graphs and pipeline.device.type == "cuda",
+            vision_fused_rope=runtime.tiles.fused_rope_kept,
             queued=batch["queued"],
             running=batch["running"],
             segmenter=self.segmenter_name,

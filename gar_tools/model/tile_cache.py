@@ -140,6 +140,14 @@ class TileFeatureCache:
         self._entries.clear()
         self.nbytes = 0
 
+    @property
+    def fused_rope_kept(self) -> bool | None:
+        """Whether every vision graph captured so far kept the one-kernel q/k rotation (its replay equalled the eager
+        tower); None while none is captured (graphs off, not on CUDA, or no request yet)."""
+        if not self._graphs:
+            return None
+        return all(graph.fused_rope for graph in self._graphs.values())
+
     @staticmethod
     def key(model: GarModel, digest: str, grid: tuple[int, int]) -> _CacheKey:
         """The cache key of an image under one model (identity, dtype and device included)."""
