@@ -272,6 +272,11 @@ def _engine(args: argparse.Namespace, pipeline: Any, **options: Any) -> Any:
     return LocalEngine(pipeline=pipeline, **{**settings, **options})
 
 
+def _model_thread_seconds(engine: Any) -> dict[str, float]:
+    """Where the engine's model thread spent its time so far (``ContinuousBatcher.model_thread_seconds``)."""
+    return engine._ready().batcher.model_thread_seconds()  # noqa: SLF001 - a benchmark looks inside
+
+
 def _run_engine(
     engine: Any, requests: list[dict[str, Any]], tool: str = "describe_region"
 ) -> tuple[float, list[Any], list[float]]:
@@ -334,7 +339,9 @@ def engine_throughput(args: argparse.Namespace) -> dict[str, Any]:
     counted (a request may stop at EOS). The old path is sequential, so its tokens/s does not depend on N: it is
     measured once over ``--old-requests`` requests. ``new_tokens_per_s`` is end to end (submit → last result:
     reading, ``prepare``, vision tower, prefill and decode); ``new_steady_decode_tokens_per_s`` counts only the
-    time when all N requests are decoding together."""
+    time when all N requests are decoding together; ``model_thread_s`` says where the engine's model thread spent
+    the level's wall time (``ContinuousBatcher.model_thread_seconds``: ``idle`` is waiting for requests still
+    being read and prepared on the helper threads)."""
     return _throughput(args, one_image=False)
 
 
@@ -369,7 +376,10 @@ def _throughput(args: argparse.Namespace, *, one_image: bool) -> dict[str, Any]:
         _peak_reset()
         for n in levels:
             seeds = [2000 + 100 * n + (0 if one_image else i) for i in range(n)]
-            wall, results, ttft = _run_engine(engine, [_request(side, seed, i, new) for i, seed in enumerate(seeds)])
+            requests = [_request(side, seed, i, new) for i, seed in enumerate(seeds)]
+            before = _model_thread_seconds(engine)
+            wall, results, ttft = _run_engine(engine, requests)
+            spent = {k: round(v - before[k], 3) for k, v in _model_thread_seconds(engine).items()}
             tokens = sum(r.timings.tokens_generated for r in results)
             steady = _steady_decode_rate(_STATE["marks"])
             row = {
@@ -382,6 +392,7 @@ def _throughput(args: argparse.Namespace, *, one_image: bool) -> dict[str, Any]:
                 "speedup": round(tokens / wall / old_tps, 2),
                 "new_ttft_ms_median": round(statistics.median(ttft), 1),
                 "new_queue_ms_median": round(statistics.median(r.timings.queue_ms for r in results), 1),
+                "model_thread_s": spent,
             }
             if n == 1:  # decode-only rate of one sequence (first token excluded)
                 t = results[0].timings

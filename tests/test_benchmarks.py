@@ -50,6 +50,9 @@ def test_serving_old_path_vs_engine_smallest_configuration(tmp_path) -> None:
     assert [row["concurrent"] for row in throughput["new"]["rows"]] == [1, 2]
     for row in throughput["new"]["rows"]:
         assert {"old_tokens_per_s", "new_tokens_per_s", "new_steady_decode_tokens_per_s", "speedup"} <= row.keys()
+        spent = row["model_thread_s"]  # where the model thread spent the level: within its wall time
+        assert set(spent) == {"idle", "admit", "prefill", "decode", "read", "flush"}
+        assert spent["admit"] > 0 and spent["prefill"] > 0 and sum(spent.values()) <= row["wall_s"] + 0.1
     assert "new_batch1_decode_tokens_per_s" in throughput["new"]["rows"][0]
     assert "max_rss_mib" in throughput["new"]["peak_memory"]
     assert set(throughput["targets_met"]) == {"cpu_8_concurrent_ge_3x_sequential"}  # None: 8 was not run

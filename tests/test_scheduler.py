@@ -85,6 +85,34 @@ def test_max_batch_size_and_kv_budget_are_respected(tiny_pipeline, max_batch_siz
     assert max(reserved_seen) <= (kv_budget_tokens or 4 * 63)
 
 
+def test_model_thread_seconds_say_where_the_loop_spent_its_time(tiny_pipeline) -> None:
+    """Idle until a request comes; then its embeddings (admit), prefill and steps; the parts add up to the wall time
+    and each counts only its own work (a slow build_embeds shows in admit alone)."""
+    import time
+
+    hidden = tiny_pipeline.model.mllm.config.text_config.hidden_size
+    batcher = ContinuousBatcher(BatchDecoder(tiny_pipeline.model, slots=2, max_len=128))
+    assert set(batcher.model_thread_seconds()) == {"idle", "admit", "prefill", "decode", "read", "flush"}
+    slow = _fake_embeds(30, hidden, 0)
+
+    def build() -> torch.Tensor:
+        time.sleep(0.2)
+        return slow()
+
+    started = time.perf_counter()
+    with batcher:
+        time.sleep(0.2)
+        before = batcher.model_thread_seconds()
+        batcher.submit(build, max_new_tokens=8).result(timeout=60)
+        after = batcher.model_thread_seconds()
+    wall = time.perf_counter() - started
+    spent = {k: after[k] - before[k] for k in after}
+    assert before["idle"] >= 0.15 and after["idle"] >= before["idle"]  # the 0.2 s before the request, up to now
+    assert 0.2 <= spent["admit"] < 0.2 + 0.15  # the slow build, not the prefill or the steps
+    assert spent["prefill"] > 0 and spent["decode"] > 0
+    assert 0.35 <= sum(after.values()) <= wall
+
+
 def test_cancelled_request_frees_its_slot(tiny_pipeline) -> None:
     hidden = tiny_pipeline.model.mllm.config.text_config.hidden_size
     decoder = BatchDecoder(tiny_pipeline.model, slots=1, max_len=512)

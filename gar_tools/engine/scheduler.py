@@ -64,6 +64,9 @@ __all__ = ["ContinuousBatcher", "GenerationHandle", "GenerationOutput", "TokenCa
 #: Called on the model thread with the new token ids of one request, in order (a text delta once detokenized).
 TokenCallback = Callable[[list[int]], None]
 
+#: The parts of the model thread's loop, as :meth:`ContinuousBatcher.model_thread_seconds` names them.
+_PHASES = ("idle", "admit", "prefill", "decode", "read", "flush")
+
 
 @dataclass
 class GenerationOutput:
@@ -195,6 +198,9 @@ class ContinuousBatcher:
         self._thread: threading.Thread | None = None
         self.peak_batch = 0  # most slots decoding in one step so far
         self.steps = 0
+        # host seconds the model thread spent in each part of its loop (model_thread_seconds)
+        self._seconds = dict.fromkeys(_PHASES, 0.0)
+        self._idle_since: float | None = None  # when the model thread began waiting for work (guarded by _lock)
 
     # --- lifecycle -----------------------------------------------------------------------------------------------
     def start(self) -> ContinuousBatcher:
@@ -297,21 +303,43 @@ class ContinuousBatcher:
             "steps": self.steps,
         }
 
+    def model_thread_seconds(self) -> dict[str, float]:
+        """Host seconds the model thread has spent so far in each part of its loop: ``idle`` (no request to work
+        on), ``admit`` (the head request's embeddings — vision tower, RoI replay — and a kept prefix's K/V copied
+        into its slot), ``prefill``, ``decode`` (the steps), ``read`` (token ids to their requests; waiting for
+        them when nothing else can run, on CUDA mostly GPU time), ``flush`` (ids handed to the event loops).
+        Differences between two calls say where a run's time went (benchmarks); on CUDA a phase ends when its host
+        work does, unless it waits for the GPU."""
+        with self._lock:  # a consistent snapshot; a wait going on now counts up to now
+            seconds = dict(self._seconds)
+            if self._idle_since is not None:
+                seconds["idle"] += time.perf_counter() - self._idle_since
+        return seconds
+
     # --- the model thread ----------------------------------------------------------------------------------------
     def _run(self) -> None:
+        seconds, clock = self._seconds, time.perf_counter
+        parts: tuple[tuple[str, Callable[[], None]], ...] = (  # one turn of the loop, in order
+            ("admit", self._drop_cancelled_and_admit),
+            ("prefill", self._prefill_one_chunk),
+            ("decode", self._decode),
+            ("read", lambda: self._read_tokens(block=not self._has_work_besides_reading())),
+            ("flush", self._flush),
+        )
         try:
             while True:
                 with self._lock:
+                    self._idle_since = waiting = clock()
                     while not self._closed and not self._queue and not self._busy():
                         self._lock.wait()
+                    seconds["idle"] += clock() - waiting
+                    self._idle_since = None
                     if self._closed:
                         break
-                self._drop_cancelled()
-                self._admit()
-                self._prefill_one_chunk()
-                self._decode()
-                self._read_tokens(block=not self._has_work_besides_reading())
-                self._flush()
+                for phase, work in parts:
+                    start = clock()
+                    work()
+                    seconds[phase] += clock() - start
         except Exception as exc:  # noqa: BLE001 - never leave callers waiting on a dead thread
             with self._lock:
                 self._closed = True
@@ -326,6 +354,10 @@ class ContinuousBatcher:
         with self._lock:
             queued = bool(self._queue)
         return queued or any(r is not None and not r.done and r.launched < r.max_new_tokens for r in self._slots)
+
+    def _drop_cancelled_and_admit(self) -> None:
+        self._drop_cancelled()
+        self._admit()
 
     def _drop_cancelled(self) -> None:
         with self._lock:
