@@ -16,8 +16,10 @@
 #                                         timm's); kernels of a decode step, graph step times
 #   3. DATE-serving-DEVICE.json           benchmarks/serving.py with the fastest options of 1 and 2: old batch-1
 #                                         generate vs the engine (bf16 batch-1 agreement of 32 tokens first,
-#                                         throughput at 1/4/8/16, time to first token, throughput with the
-#                                         requests of a level on one image; known-image encode not with QUICK=1);
+#                                         throughput at 1/4/8/16 with the model thread's time per part of its
+#                                         loop, time to first token with and without reading the image,
+#                                         throughput with the requests of a level on one image; known-image
+#                                         encode not with QUICK=1);
 #                                         if it fails or times out,
 #                                         DATE-serving-DEVICE.partial.json keeps the comparisons it finished
 #   4. DATE-gpu_tests-DEVICE.txt          python -m pytest -q -m gpu tests/ (decoder CUDA graphs and attention
