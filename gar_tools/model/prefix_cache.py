@@ -94,7 +94,7 @@ def prefix_key(prepared: PreparedInputs, digest: str, length: int, model: GarMod
         prepared.slot_starts.to(torch.int64),
         prepared.input_ids[0, :length].to(torch.int64),
     ):
-        h.update(tensor.contiguous().numpy().tobytes())
+        h.update(tensor.contiguous().numpy())  # the array's own bytes (no copy: hashlib reads the buffer)
         h.update(b"|")
     return h.hexdigest()
 
