@@ -116,9 +116,7 @@ def phases(pipeline: Any, folder: Path, side: int, iters: int) -> dict[str, Any]
         "vision_cuda_graph_features_equal_eager": all(equal) if graphed is not None else None,
         "vision_cuda_graphs_captured": bool(graphed is not None and graphed.cuda_graphs),
         # whether the graphs kept the one-kernel q/k rotation (each checked bit for bit against the eager tower)
-        "vision_cuda_graphs_fused_rope": (
-            all(graph.fused_rope for graph in graphed._graphs.values()) if graphed and graphed.cuda_graphs else None  # noqa: SLF001
-        ),
+        "vision_cuda_graphs_fused_rope": graphed.fused_rope_kept if graphed is not None else None,
         "vision_tower_profile": _vision_profile(pipeline, prepared, digest),
     }
 
