@@ -75,3 +75,14 @@ def test_model_imports_nothing_from_the_tool_layer() -> None:
         if line.strip().startswith(("from gar_tools", "import gar_tools")) and not line.split()[1].startswith(allowed)
     ]
     assert offenders == []
+
+
+def test_the_repository_root_shadows_no_installed_package() -> None:
+    """Run from a checkout (``python -m pytest``, ``python -m gar_tools``), the repository root is first on
+    ``sys.path``: a package folder there would hide an installed one of the same name. A top-level ``kernels/`` once
+    hid Hugging Face's ``kernels``, which transformers 5.25 depends on and imports from its model code."""
+    packages = sorted(p.name for p in REPO.iterdir() if (p / "__init__.py").is_file() or p.suffix == ".py")
+    assert packages == ["gar_tools"]
+    code = "import transformers.integrations.hub_kernels, gar_tools.kernels.roi_replay; print('ok')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr
