@@ -39,6 +39,24 @@ def test_tile_without_mask_pixels_gets_exactly_the_no_mask_features(tiny_pipelin
             assert torch.equal(with_mask[tile], without[tile]), tile
 
 
+def test_encode_images_is_perception_lms_and_each_tile_is_independent_of_the_others(tiny_pipeline, demo1) -> None:
+    """encode_images computes PerceptionLM's own image features (tower, class token dropped, projector) with the
+    mask added, and any run of tiles encoded alone gives exactly those tiles' rows of the whole encode: what the
+    engine's tile cache (chunks of 4, subsets of touched tiles) relies on. 2 and 3 tiles once rounded otherwise on an
+    AVX2 CPU (transformers' projector multiplies a strided view)."""
+    image, mask = demo1
+    prepared = tiny_pipeline.prepare(image, [mask])
+    model = tiny_pipeline.model
+    pixels, prompts = prepared.pixel_values, prepared.prompt_pixel_values  # [17, 3, 448, 448] each
+    whole = model.encode_images(pixels, prompts)  # [17, 256, hidden]
+    with model._mask_added(model.mask_embeddings(prompts)):
+        theirs = model.mllm.model.get_image_features(pixel_values=pixels[None], return_dict=True).pooler_output
+    torch.testing.assert_close(whole, theirs, rtol=0, atol=1e-6)  # the same math; the GEMM's layout may round apart
+    for n in range(1, 7):
+        for start in (0, 1, 17 - n):
+            tiles = slice(start, start + n)
+            assert torch.equal(model.encode_images(pixels[tiles], prompts[tiles]), whole[tiles]), (n, start)
+
 def test_cpu_mask_embeddings_of_background_tiles_are_skipped_exactly(tiny_pipeline, demo1) -> None:
     """On the CPU only tiles with a region pixel are convolved; the rest get zeros — bit for bit (signs of zero
     included) what decoding and convolving every tile gives, for real maps and for odd values."""

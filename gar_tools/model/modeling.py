@@ -128,14 +128,32 @@ class GarModel(nn.Module):
     ) -> torch.Tensor:
         """Projected image features [N, 256, hidden] of the thumbnail + tiles, with the region masks added.
 
-        Tiles are independent in the vision tower, so any subset of tiles can be encoded alone and gives the same
-        features (the local engine's cache relies on it).
+        What PerceptionLM's ``get_image_features`` computes: the vision tower, the class token dropped, the
+        projector. Tiles are independent in both, so any subset of tiles encoded alone gives the same features bit
+        for bit (the local engine's tile cache relies on it; see :meth:`_project`).
         """
         pixel_values = pixel_values.to(device=self.device, dtype=self.dtype)
         mask_embeds = None if prompt_pixel_values is None else self.mask_embeddings(prompt_pixel_values)
         with self._mask_added(mask_embeds):
-            out = self.mllm.model.get_image_features(pixel_values=pixel_values[None], return_dict=True)
-        return out.pooler_output
+            hidden = self.mllm.model.vision_tower(pixel_values, return_dict=True).last_hidden_state  # [N, 1 + P, D]
+        if self.mllm.model.config.vision_use_cls_token:
+            hidden = hidden[:, 1:]  # [N, P, D]
+        return self._project(hidden)
+
+    def _project(self, hidden: torch.Tensor) -> torch.Tensor:
+        """PerceptionLM's projector on the tower's patch tokens [N, P, D]: Linear → GELU → Linear, then 2×2 average
+        pooling → [N, 256, hidden], each tile's result independent of N.
+
+        transformers' projector applies its linears to the token-major *view* [P, N, D] of the tiles. PyTorch's CPU
+        matmul takes a path for that strided view that depends on N: on an AVX2 CPU, 2 or 3 tiles rounded
+        otherwise than 1, 4, 5 … 17, so cached tiles (encoded in chunks) differed from a whole encode in the last
+        bit. The same math on a contiguous [P, N, D] copy is one GEMM whose rows do not depend on N (the tests
+        encode every subset size against the whole image).
+        """
+        projector = self.mllm.model.multi_modal_projector
+        x = hidden.transpose(0, 1).contiguous()  # [P, N, D]
+        x = projector.linear_2(projector.gelu(projector.linear_1(x)))  # [P, N, hidden]
+        return projector.pooling(x.transpose(0, 1))  # [N, 256, hidden]
 
     # --- text ----------------------------------------------------------------------------------------------------
     @torch.no_grad()
