@@ -76,6 +76,21 @@ def test_serving_old_path_vs_engine_smallest_configuration(tmp_path) -> None:
     assert set(ttft["targets_met"]) == {"gpu_ttft_le_100_ms_17_tiles", "gpu_ttft_after_load_le_100_ms_17_tiles"}
 
 
+def test_serving_describe_regions_reports_the_exact_work_bound() -> None:
+    """16 regions one by one vs in one call: same texts, and the one call's model-thread embeddings and prefills
+    (work exact per-region results cannot share) bound the speedup from above."""
+    proc = _run("serving.py", "--only", "describe_regions", "--max-new-tokens", "2", "--iters", "1", "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = json.loads(proc.stdout)["results"]["describe_regions"]
+    assert row["regions"] == 16 and row["texts_equal"] is True and row["prompt_tokens_reused"] == 0
+    spent = row["describe_regions_model_thread_s"]
+    assert set(spent) == {"idle", "admit", "prefill", "decode", "read", "flush"}
+    assert spent["admit"] > 0 and spent["prefill"] > 0
+    sequential_s = row["describe_region_x16_sequential"]["median_ms"] / 1000
+    bound = row["speedup_bound_by_admit_and_prefill"]
+    assert bound == pytest.approx(sequential_s / (spent["admit"] + spent["prefill"]), rel=0.05)
+    assert row["speedup"] <= bound + 0.05
+
 def test_gpu_check_script_names_existing_scripts_and_flags() -> None:
     """benchmarks/gpu_check.sh is bash-valid, and each script and --flag it passes exists (checked via --help)."""
     script = ROOT / "benchmarks" / "gpu_check.sh"
