@@ -91,6 +91,7 @@ def test_serving_describe_regions_reports_the_exact_work_bound() -> None:
     assert bound == pytest.approx(sequential_s / (spent["admit"] + spent["prefill"]), rel=0.05)
     assert row["speedup"] <= bound + 0.05
 
+
 def test_gpu_check_script_names_existing_scripts_and_flags() -> None:
     """benchmarks/gpu_check.sh is bash-valid, and each script and --flag it passes exists (checked via --help)."""
     script = ROOT / "benchmarks" / "gpu_check.sh"

@@ -57,6 +57,7 @@ def test_encode_images_is_perception_lms_and_each_tile_is_independent_of_the_oth
             tiles = slice(start, start + n)
             assert torch.equal(model.encode_images(pixels[tiles], prompts[tiles]), whole[tiles]), (n, start)
 
+
 def test_cpu_mask_embeddings_of_background_tiles_are_skipped_exactly(tiny_pipeline, demo1) -> None:
     """On the CPU only tiles with a region pixel are convolved; the rest get zeros — bit for bit (signs of zero
     included) what decoding and convolving every tile gives, for real maps and for odd values."""
