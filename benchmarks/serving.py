@@ -18,7 +18,10 @@
   with its mask) and its own whole prefill (the thumbnail leads the prompt, so no prefix is shared); only decoding
   is batched. The JSON gives that per-region work (``describe_region_x16_prefill_ms``, ``_encode_ms``): sequential
   time over it is 1.23× at 8 tokens and 3.9× at 128 on this CPU, and the one call repeats it all (only ``prepare``
-  may overlap) before its own decoding, so the 4× target is not met here.
+  may overlap) before its own decoding, so the 4× target is not met here. ``describe_regions_model_thread_s`` says
+  where the one call's model thread spent its time, and ``speedup_bound_by_admit_and_prefill`` is sequential time over
+  its embeddings + prefills: the speedup if its decoding cost nothing (an AVX2-only 2-core machine, 128 tokens:
+  2.38×, bound 5.27×, ``2026-12-07-describe_regions-amd-epyc-avx2-cpu-tiny.json``).
 
 - ``prefill_chunking``: one 17-tile-sized prompt prefilled whole vs in 2048- and 1024-token chunks.
 
