@@ -129,6 +129,23 @@ def test_fused_step_with_references_is_the_unfused_step_bit_for_bit(
         assert torch.equal(unfused, fused)
 
 
+def test_cpu_decode_head_is_the_models_lm_head(tiny_pipeline) -> None:
+    """The decode step's logits: one row exactly ``lm_head``'s (what ``generate`` computes); a batch's rows the
+    same products as ``lm_head`` on that batch (the CPU multiplies them as weight @ hᵀ), equal within float32
+    rounding, with the same greedy token."""
+    decoder = BatchDecoder(tiny_pipeline.model, slots=1, max_len=8)
+    head = tiny_pipeline.model.mllm.lm_head
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for rows in (1, 2, 3, 8, 16):
+            h = torch.randn(rows, head.in_features, generator=generator)
+            got, want = decoder._lm_head(h), head(h)  # [rows, vocab] each
+            if rows == 1:
+                assert torch.equal(got, want)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+            assert torch.equal(got.max(dim=-1).indices, want.max(dim=-1).indices)
+
+
 def test_decoder_options_are_checked(tiny_pipeline) -> None:
     from typing import get_args
 
