@@ -486,9 +486,12 @@ class BatchDecoder:
 
         On the CPU, two rows or more are multiplied as ``weight @ hᵀ`` (the same products and sums; MKL rounds a
         batch's rows apart from one row's either way): on a 2-core AVX2 CPU, tiny (a 128 k × 64 head), a decode
-        step over 4.7 k cached tokens took 6.8 instead of 9.1 ms at 8 rows and 8.9 instead of 11.2 at 16, with the
-        same token ids. One row keeps ``F.linear``, bit for bit the product ``generate`` computes; CUDA keeps it
-        for every batch (its graphs were measured with it).
+        step over 4.7 k cached tokens took 7.7–8.6 instead of 9.3–12.6 ms at 8 rows and 10.2–10.6 instead of
+        11.9–12.9 at 16 (two interleaved runs each way of ``benchmarks/decode_batching.py --preset tiny --batch 1 8
+        16 --new-tokens 64 --variants eager --skip-generate``:
+        ``benchmarks/results/2026-12-07-decode_batching-amd-epyc-avx2-cpu-tiny-head-*.json``). One row keeps
+        ``F.linear``, bit for bit the product ``generate`` computes; CUDA keeps it for every batch (its graphs were
+        measured with it).
         """
         head = self.lm_head
         if self.device.type == "cuda" or h.shape[0] == 1 or head.bias is not None:
